@@ -1,0 +1,359 @@
+//! Daemon configuration: TOML file, every key optional, `ROUTEGUARD_*`
+//! environment overrides, unknown keys rejected with the key's name and
+//! where it came from.
+//!
+//! Environment variables map to keys by dropping the `ROUTEGUARD_` prefix,
+//! lower-casing, and reading `__` as the section separator:
+//! `ROUTEGUARD_STATE_DIR` is `state_dir`, `ROUTEGUARD_KERNEL__SOCK_POLL_INTERVAL`
+//! is `kernel.sock_poll_interval`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "ROUTEGUARD";
+/// Default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/routeguard/routeguard.sock";
+
+/// A configuration problem, naming the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed as TOML.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A key that routeguard does not know.
+    #[error("{source_desc}: unknown key `{key}`")]
+    UnknownKey {
+        /// The dotted key path.
+        key: String,
+        /// "config file PATH" or "environment variable NAME".
+        source_desc: String,
+    },
+    /// A key with a value of the wrong type or out of range.
+    #[error("{source_desc}: {reason}")]
+    BadValue {
+        /// "config file PATH", "environment" or both.
+        source_desc: String,
+        /// What went wrong, naming the key.
+        reason: String,
+    },
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colours on a TTY).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unix socket of the gRPC API (mode 0660).
+    pub socket: PathBuf,
+    /// Where the journal and owned-object records live.
+    pub state_dir: PathBuf,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// tracing filter, e.g. `info` or `routeguard=debug`; `RUST_LOG` wins.
+    pub log_level: String,
+    /// Kernel observation.
+    pub kernel: KernelConfig,
+    /// Network API (off unless `listen` is set).
+    pub api: ApiConfig,
+}
+
+/// `[kernel]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelConfig {
+    /// How often established TCP sockets are polled through sock_diag.
+    #[serde(with = "humantime_serde")]
+    pub sock_poll_interval: Duration,
+    /// How often sysctls without netlink notifications are re-read.
+    #[serde(with = "humantime_serde")]
+    pub sysctl_poll_interval: Duration,
+    /// Receive buffer of the netlink monitor socket, in bytes. Large enough
+    /// to absorb a full-table BGP convergence burst; an overrun costs a
+    /// re-dump.
+    pub netlink_rcvbuf: usize,
+}
+
+/// `[api]`: the optional TCP listener. TCP is TLS-only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP address for the gRPC API; requires `tls`.
+    pub listen: Option<SocketAddr>,
+    /// TLS for the TCP listener.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[api.tls]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            state_dir: PathBuf::from("/var/lib/routeguard"),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            kernel: KernelConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            sock_poll_interval: Duration::from_secs(1),
+            sysctl_poll_interval: Duration::from_secs(2),
+            netlink_rcvbuf: 64 << 20,
+        }
+    }
+}
+
+/// Every valid dotted key path, derived from the defaults so it can never
+/// drift from the structs. Optional sections appear with their sub-keys.
+fn known_keys() -> BTreeSet<String> {
+    let mut v = serde_json::to_value(Config::default()).unwrap_or_default();
+    // Optional tables are `null` by default; expand them so their keys count.
+    if let Some(api) = v.get_mut("api") {
+        api["tls"] = serde_json::to_value(TlsConfig::default()).unwrap_or_default();
+    }
+    let mut out = BTreeSet::new();
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                out.insert(path.clone());
+                walk(&path, v, out);
+            }
+        }
+    }
+    walk("", &v, &mut out);
+    out
+}
+
+fn check_keys(
+    value: &config::Value,
+    prefix: &str,
+    known: &BTreeSet<String>,
+    desc: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if let Ok(table) = value.clone().into_table() {
+        for (k, v) in table {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            if !known.contains(&path) {
+                return Err(ConfigError::UnknownKey { key: path.clone(), source_desc: desc(&path) });
+            }
+            check_keys(&v, &path, known, desc)?;
+        }
+    }
+    Ok(())
+}
+
+/// Maps `ROUTEGUARD_KERNEL__SOCK_POLL_INTERVAL` to `kernel.sock_poll_interval`.
+pub fn env_key(var: &str) -> Option<String> {
+    let rest = var.strip_prefix(ENV_PREFIX)?.strip_prefix('_')?;
+    Some(rest.to_lowercase().replace("__", "."))
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if any), then the
+    /// `ROUTEGUARD_*` variables in `env`.
+    pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let known = known_keys();
+        let mut builder = config::Config::builder();
+        let file_desc = file.map(|p| format!("config file {}", p.display()));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::File { path: path.to_path_buf(), reason: e.to_string() })?;
+            let parsed = config::Config::builder()
+                .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+                .build()
+                .map_err(|e| ConfigError::File { path: path.to_path_buf(), reason: e.to_string() })?;
+            let root = parsed.cache.clone();
+            let d = file_desc.clone().unwrap_or_default();
+            check_keys(&root, "", &known, &|_| d.clone())?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let mut env_map = config::Map::new();
+        for (name, value) in env {
+            let Some(key) = env_key(name) else { continue };
+            if !known.contains(&key) {
+                return Err(ConfigError::UnknownKey { key, source_desc: format!("environment variable {name}") });
+            }
+            env_map.insert(key, value.clone());
+        }
+        let env_names: Vec<&str> = env.iter().filter(|(n, _)| env_key(n).is_some()).map(|(n, _)| n.as_str()).collect();
+        for (key, value) in &env_map {
+            builder = builder
+                .set_override(key.as_str(), value.as_str())
+                .map_err(|e| ConfigError::BadValue { source_desc: "environment".into(), reason: e.to_string() })?;
+        }
+        let source_desc = match (&file_desc, env_names.is_empty()) {
+            (Some(f), true) => f.clone(),
+            (Some(f), false) => format!("{f} with environment overrides {}", env_names.join(", ")),
+            (None, false) => format!("environment overrides {}", env_names.join(", ")),
+            (None, true) => "built-in defaults".into(),
+        };
+        let bad = |reason: String| ConfigError::BadValue { source_desc: source_desc.clone(), reason };
+        let cfg: Config = builder.build().and_then(|c| c.try_deserialize()).map_err(|e| bad(e.to_string()))?;
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// Loads with the process environment.
+    pub fn load_from_process(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::load(file, &env)
+    }
+
+    /// Checks relations between keys that types alone cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.api.listen.is_some() && self.api.tls.is_none() {
+            return Err("key `api.listen` requires `api.tls` (cert and key): the TCP API is TLS-only".into());
+        }
+        if let Some(tls) = &self.api.tls {
+            if tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty() {
+                return Err("keys `api.tls.cert` and `api.tls.key` must both be set".into());
+            }
+        }
+        if self.kernel.sock_poll_interval < Duration::from_millis(10) {
+            return Err("key `kernel.sock_poll_interval` must be at least 10ms".into());
+        }
+        if self.kernel.sysctl_poll_interval < Duration::from_millis(10) {
+            return Err("key `kernel.sysctl_poll_interval` must be at least 10ms".into());
+        }
+        if self.kernel.netlink_rcvbuf < 4096 {
+            return Err("key `kernel.netlink_rcvbuf` must be at least 4096 bytes".into());
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err("key `socket` must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let c = Config::load(None, &env(&[("PATH", "/bin"), ("ROUTEGUARDX", "1")])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.socket, PathBuf::from("/run/routeguard/routeguard.sock"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/routeguard"));
+        assert_eq!(c.kernel.sock_poll_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn file_values_and_env_overrides() {
+        let f = write("state_dir = \"/tmp/x\"\nlog_format = \"json\"\n[kernel]\nsock_poll_interval = \"250ms\"\n");
+        let c = Config::load(Some(f.path()), &[]).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.kernel.sock_poll_interval, Duration::from_millis(250));
+        let c = Config::load(
+            Some(f.path()),
+            &env(&[("ROUTEGUARD_STATE_DIR", "/srv/rg"), ("ROUTEGUARD_KERNEL__SOCK_POLL_INTERVAL", "3s")]),
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/srv/rg"));
+        assert_eq!(c.kernel.sock_poll_interval, Duration::from_secs(3));
+        assert_eq!(c.log_format, LogFormat::Json, "file values not overridden stay");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_source() {
+        let f = write("[kernel]\nsock_pol_interval = \"1s\"\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `kernel.sock_pol_interval`"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+
+        let f = write("bogus = 1\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `bogus`"), "{e}");
+
+        let e = Config::load(None, &env(&[("ROUTEGUARD_STATEDIR", "/x")])).unwrap_err().to_string();
+        assert!(e.contains("environment variable ROUTEGUARD_STATEDIR"), "{e}");
+        assert!(e.contains("unknown key `statedir`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let f = write("[kernel]\nsock_poll_interval = \"soon\"\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("sock_poll_interval"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+
+        let e = Config::load(None, &env(&[("ROUTEGUARD_LOG_FORMAT", "xml")])).unwrap_err().to_string();
+        assert!(e.contains("log_format"), "{e}");
+        assert!(e.contains("ROUTEGUARD_LOG_FORMAT"), "{e}");
+
+        let f = write("[api]\nlisten = \"127.0.0.1:9000\"\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("api.listen") && e.contains("TLS"), "{e}");
+
+        let f = write("socket = [1, 2]\n");
+        assert!(Config::load(Some(f.path()), &[]).is_err());
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_the_file() {
+        let f = write("[kernel\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("config file {}", f.path().display())), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let e = Config::load(Some(Path::new("/nonexistent/rg.toml")), &[]).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/rg.toml"), "{e}");
+    }
+
+    #[test]
+    fn env_key_mapping() {
+        assert_eq!(env_key("ROUTEGUARD_STATE_DIR").as_deref(), Some("state_dir"));
+        assert_eq!(env_key("ROUTEGUARD_KERNEL__SOCK_POLL_INTERVAL").as_deref(), Some("kernel.sock_poll_interval"));
+        assert_eq!(env_key("ROUTEGUARDX"), None);
+        assert_eq!(env_key("OTHER_STATE_DIR"), None);
+    }
+}

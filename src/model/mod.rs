@@ -1,0 +1,612 @@
+//! The live model of the router's kernel state.
+//!
+//! Pure data: no tokio, no netlink, no clock. The core task owns the one
+//! [`Model`] and feeds it [`Change`]s produced by the kernel edge; every
+//! `apply` reports what it did so the core can publish events.
+
+pub mod objects;
+pub mod routes;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+pub use objects::*;
+pub use routes::{NextHop, Route, RouteAttrs, RouteOp, RouteTables, TABLE_LOCAL, TABLE_MAIN};
+
+/// One change to the model, in domain terms.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// A link appeared or changed (AF_UNSPEC RTM_NEWLINK).
+    Link(Link),
+    /// A link went away.
+    LinkGone(u32),
+    /// Bridge-port state of a link from an AF_BRIDGE link message. `None`
+    /// means the port left its bridge.
+    BridgePort(u32, Option<BridgePort>),
+    /// An address appeared or changed.
+    Address(Address),
+    /// An address went away.
+    AddressGone(AddressKey),
+    /// An IPv6 anycast address was joined.
+    Anycast(Anycast),
+    /// An IPv6 anycast address was left.
+    AnycastGone(Anycast),
+    /// A route appeared or was replaced.
+    Route(Route),
+    /// A route (or one IPv6 multipath member) went away.
+    RouteGone(Route),
+    /// A nexthop object appeared or changed.
+    Nexthop(Nexthop),
+    /// A nexthop object went away.
+    NexthopGone(u32),
+    /// A rule appeared.
+    Rule(Rule),
+    /// A rule went away.
+    RuleGone(Rule),
+    /// A netconf forwarding value (IPv4 when `v6` is false).
+    Forwarding {
+        /// IPv6 (true) or IPv4.
+        v6: bool,
+        /// Which conf entry.
+        scope: ConfScope,
+        /// New value.
+        value: u32,
+    },
+    /// A fresh read of the sysctls from /proc/sys.
+    Sysctls(Sysctls),
+    /// A fresh poll of the established TCP sockets.
+    Sockets(Vec<TcpSocket>),
+}
+
+/// Kind of model object an [`Applied`] refers to.
+pub type Kind = &'static str;
+
+/// What an applied change did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// Object kind: link, address, anycast, route, nexthop, rule, sysctl, socket.
+    pub kind: Kind,
+    /// add, update or remove.
+    pub op: &'static str,
+    /// Human-readable identity.
+    pub key: String,
+}
+
+/// The model of one network namespace.
+#[derive(Default)]
+pub struct Model {
+    /// Links by ifindex.
+    pub links: BTreeMap<u32, Link>,
+    /// Addresses by identity.
+    pub addresses: BTreeMap<AddressKey, Address>,
+    /// Joined IPv6 anycast addresses.
+    pub anycast: BTreeSet<Anycast>,
+    /// Routing tables.
+    pub routes: RouteTables,
+    /// Nexthop objects by id.
+    pub nexthops: BTreeMap<u32, Nexthop>,
+    /// Policy rules.
+    pub rules: BTreeSet<Rule>,
+    /// Sysctls that matter.
+    pub sysctls: Sysctls,
+    /// Established TCP sockets by 4-tuple.
+    pub sockets: HashMap<(SocketAddr, SocketAddr), TcpSocket>,
+}
+
+/// Result of a longest-prefix-match query with nexthop objects resolved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Resolved {
+    /// The matched route.
+    pub route: Route,
+    /// Its members: the route's own nexthops, or the members of its nexthop
+    /// object (a group's members each resolved to gateway and interface).
+    pub members: Vec<ResolvedMember>,
+}
+
+/// One resolved member of a route.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResolvedMember {
+    /// Gateway, if any.
+    pub gateway: Option<IpAddr>,
+    /// Outgoing interface index.
+    pub ifindex: u32,
+    /// Weight.
+    pub weight: u16,
+    /// Nexthop object id of the member when the route uses a group.
+    pub nhid: Option<u32>,
+}
+
+fn applied(kind: Kind, op: &'static str, key: String) -> Option<Applied> {
+    Some(Applied { kind, op, key })
+}
+
+impl Model {
+    /// Applies one change and reports what it did (`None` when nothing
+    /// changed). `events` receives one entry per changed object.
+    pub fn apply(&mut self, change: Change, events: &mut Vec<Applied>) {
+        match change {
+            Change::Link(mut link) => {
+                // AF_BRIDGE messages carry the bridge-port state separately;
+                // an AF_UNSPEC link message without slave data must not erase
+                // what they told us.
+                let key = format!("link {} ({})", link.name, link.ifindex);
+                let old = self.links.get(&link.ifindex);
+                if link.bridge_port.is_none() && link.master.is_some() {
+                    if let Some(o) = old {
+                        link.bridge_port = o.bridge_port.clone();
+                    }
+                }
+                let op = match old {
+                    None => "add",
+                    Some(o) if *o == link => return,
+                    Some(o) if same_link_but_counters(o, &link) => {
+                        self.links.insert(link.ifindex, link);
+                        return;
+                    }
+                    Some(_) => "update",
+                };
+                self.links.insert(link.ifindex, link);
+                events.extend(applied("link", op, key));
+            }
+            Change::LinkGone(ifindex) => {
+                if let Some(l) = self.links.remove(&ifindex) {
+                    // The kernel removes a link's addresses, anycast, routes
+                    // and per-interface conf with it, and sends notifications
+                    // for addresses and routes; conf entries it drops
+                    // silently, so forget them here.
+                    self.sysctls.forwarding_v4.per_if.remove(&ifindex);
+                    self.sysctls.forwarding_v6.per_if.remove(&ifindex);
+                    self.sysctls.enhanced_dad.per_if.remove(&ifindex);
+                    self.anycast.retain(|a| a.ifindex != ifindex);
+                    events.extend(applied("link", "remove", format!("link {} ({})", l.name, ifindex)));
+                }
+            }
+            Change::BridgePort(ifindex, port) => {
+                if let Some(l) = self.links.get_mut(&ifindex) {
+                    if l.bridge_port != port {
+                        l.bridge_port = port;
+                        let key = format!("link {} ({}) bridge-port", l.name, ifindex);
+                        events.extend(applied("link", "update", key));
+                    }
+                }
+            }
+            Change::Address(a) => {
+                let key = format!("address {}/{} dev {}", a.key.address, a.key.prefix_len, a.key.ifindex);
+                let op = match self.addresses.get(&a.key) {
+                    None => "add",
+                    Some(o) if *o == a => return,
+                    Some(_) => "update",
+                };
+                self.addresses.insert(a.key, a);
+                events.extend(applied("address", op, key));
+            }
+            Change::AddressGone(k) => {
+                if self.addresses.remove(&k).is_some() {
+                    let key = format!("address {}/{} dev {}", k.address, k.prefix_len, k.ifindex);
+                    events.extend(applied("address", "remove", key));
+                }
+            }
+            Change::Anycast(a) => {
+                if self.anycast.insert(a) {
+                    events.extend(applied("anycast", "add", format!("anycast {} dev {}", a.address, a.ifindex)));
+                }
+            }
+            Change::AnycastGone(a) => {
+                if self.anycast.remove(&a) {
+                    events.extend(applied("anycast", "remove", format!("anycast {} dev {}", a.address, a.ifindex)));
+                }
+            }
+            Change::Route(r) => {
+                let key = r.key_string();
+                match self.routes.upsert(r) {
+                    RouteOp::Added => events.extend(applied("route", "add", key)),
+                    RouteOp::Updated => events.extend(applied("route", "update", key)),
+                    _ => {}
+                }
+            }
+            Change::RouteGone(r) => {
+                let key = r.key_string();
+                match self.routes.remove(&r) {
+                    RouteOp::Removed => events.extend(applied("route", "remove", key)),
+                    RouteOp::MemberRemoved => events.extend(applied("route", "update", key)),
+                    _ => {}
+                }
+            }
+            Change::Nexthop(n) => {
+                let op = match self.nexthops.get(&n.id) {
+                    None => "add",
+                    Some(o) if *o == n => return,
+                    Some(_) => "update",
+                };
+                let key = format!("nexthop id {}", n.id);
+                self.nexthops.insert(n.id, n);
+                events.extend(applied("nexthop", op, key));
+            }
+            Change::NexthopGone(id) => {
+                if self.nexthops.remove(&id).is_some() {
+                    events.extend(applied("nexthop", "remove", format!("nexthop id {id}")));
+                }
+            }
+            Change::Rule(r) => {
+                let key = format!("rule v{} pref {} table {}", r.family, r.priority, r.table);
+                if self.rules.insert(r) {
+                    events.extend(applied("rule", "add", key));
+                }
+            }
+            Change::RuleGone(r) => {
+                let key = format!("rule v{} pref {} table {}", r.family, r.priority, r.table);
+                if self.rules.remove(&r) {
+                    events.extend(applied("rule", "remove", key));
+                }
+            }
+            Change::Forwarding { v6, scope, value } => {
+                let s = if v6 { &mut self.sysctls.forwarding_v6 } else { &mut self.sysctls.forwarding_v4 };
+                if s.get(scope) != Some(value) {
+                    s.set(scope, value);
+                    let name = sysctl_name(v6, "forwarding", scope, &self.links);
+                    events.extend(applied("sysctl", "update", format!("{name} = {value}")));
+                }
+            }
+            Change::Sysctls(mut fresh) => {
+                if fresh != self.sysctls {
+                    // Names of interfaces whose values changed, for the event.
+                    let before = self.sysctl_map();
+                    std::mem::swap(&mut self.sysctls, &mut fresh);
+                    let after = self.sysctl_map();
+                    for (k, v) in &after {
+                        if before.get(k) != Some(v) {
+                            events.extend(applied("sysctl", "update", format!("{k} = {v}")));
+                        }
+                    }
+                }
+            }
+            Change::Sockets(list) => {
+                let mut fresh: HashMap<_, _> = list.into_iter().map(|s| (s.key(), s)).collect();
+                for (k, _) in self.sockets.iter().filter(|(k, _)| !fresh.contains_key(*k)) {
+                    events.extend(applied("socket", "remove", format!("tcp {} -> {}", k.0, k.1)));
+                }
+                for (k, s) in fresh.iter() {
+                    match self.sockets.get(k) {
+                        None => events.extend(applied("socket", "add", format!("tcp {} -> {}", k.0, k.1))),
+                        Some(o) if o != s => {
+                            events.extend(applied("socket", "update", format!("tcp {} -> {}", k.0, k.1)))
+                        }
+                        _ => {}
+                    }
+                }
+                std::mem::swap(&mut self.sockets, &mut fresh);
+            }
+        }
+    }
+
+    /// Interface name for an ifindex, or the index as text.
+    pub fn ifname(&self, ifindex: u32) -> String {
+        self.links.get(&ifindex).map(|l| l.name.clone()).unwrap_or_else(|| format!("if{ifindex}"))
+    }
+
+    /// Longest-prefix match in `table`, with nexthop objects resolved to
+    /// their members.
+    pub fn lookup(&self, table: u32, addr: IpAddr) -> Option<Resolved> {
+        let route = self.routes.lookup(table, addr)?;
+        let members = self.members_of(&route);
+        Some(Resolved { route, members })
+    }
+
+    /// The members traffic matching `route` is spread over.
+    pub fn members_of(&self, route: &Route) -> Vec<ResolvedMember> {
+        if let Some(id) = route.attrs.nhid {
+            if let Some(nh) = self.nexthops.get(&id) {
+                if nh.group.is_empty() {
+                    return vec![ResolvedMember {
+                        gateway: nh.gateway,
+                        ifindex: nh.oif.unwrap_or(0),
+                        weight: 1,
+                        nhid: Some(id),
+                    }];
+                }
+                return nh
+                    .group
+                    .iter()
+                    .map(|m| {
+                        let single = self.nexthops.get(&m.id);
+                        ResolvedMember {
+                            gateway: single.and_then(|s| s.gateway),
+                            ifindex: single.and_then(|s| s.oif).unwrap_or(0),
+                            weight: m.weight,
+                            nhid: Some(m.id),
+                        }
+                    })
+                    .collect();
+            }
+        }
+        route
+            .attrs
+            .nexthops
+            .iter()
+            .map(|n| ResolvedMember { gateway: n.gateway, ifindex: n.ifindex, weight: n.weight, nhid: None })
+            .collect()
+    }
+
+    /// Object counts per kind, as reported by `GetStatus`.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        let mut c = BTreeMap::new();
+        c.insert("links".into(), self.links.len() as u64);
+        c.insert("addresses".into(), self.addresses.len() as u64);
+        c.insert("anycast".into(), self.anycast.len() as u64);
+        c.insert("routes_v4".into(), self.routes.count_v4() as u64);
+        c.insert("routes_v6".into(), self.routes.count_v6() as u64);
+        c.insert("nexthops".into(), self.nexthops.len() as u64);
+        c.insert("rules_v4".into(), self.rules.iter().filter(|r| r.family == 4).count() as u64);
+        c.insert("rules_v6".into(), self.rules.iter().filter(|r| r.family == 6).count() as u64);
+        c.insert("sockets".into(), self.sockets.len() as u64);
+        c.insert(
+            "hairpin_ports".into(),
+            self.links.values().filter(|l| l.bridge_port.as_ref().is_some_and(|b| b.hairpin)).count() as u64,
+        );
+        c
+    }
+
+    /// The sysctls as `sysctl -a` names to values, interfaces by name.
+    pub fn sysctl_map(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        let s = &self.sysctls;
+        for (v6, what, scoped) in [
+            (false, "forwarding", &s.forwarding_v4),
+            (true, "forwarding", &s.forwarding_v6),
+            (true, "enhanced_dad", &s.enhanced_dad),
+        ] {
+            for (scope, v) in [(ConfScope::All, scoped.all), (ConfScope::Default, scoped.default)] {
+                if let Some(v) = v {
+                    m.insert(sysctl_name(v6, what, scope, &self.links), v.to_string());
+                }
+            }
+            for (&i, v) in &scoped.per_if {
+                m.insert(sysctl_name(v6, what, ConfScope::Iface(i), &self.links), v.to_string());
+            }
+        }
+        for (name, v) in [
+            ("net.ipv4.fib_multipath_hash_policy", s.hash_policy_v4),
+            ("net.ipv6.fib_multipath_hash_policy", s.hash_policy_v6),
+            ("net.ipv4.fib_multipath_hash_fields", s.hash_fields_v4),
+            ("net.ipv6.fib_multipath_hash_fields", s.hash_fields_v6),
+            ("net.ipv4.nexthop_compat_mode", s.nexthop_compat_mode),
+        ] {
+            if let Some(v) = v {
+                let shown = if name.ends_with("fields") { format!("0x{v:04x}") } else { v.to_string() };
+                m.insert(name.to_string(), shown);
+            }
+        }
+        m
+    }
+
+    /// An order-independent digest of the kernel-derived contents (links
+    /// without their counters, addresses, anycast, routes, nexthops, rules
+    /// and forwarding). Sockets and polled sysctls are left out: they are
+    /// not part of a netlink dump. Two models built from the same kernel
+    /// state, in any order, have the same digest.
+    pub fn digest(&self) -> String {
+        let mut sum: u64 = 0;
+        let mut add = |h: u64| sum = sum.wrapping_add(h);
+        for l in self.links.values() {
+            let mut l = l.clone();
+            l.tx_packets = 0;
+            l.tx_carrier_errors = 0;
+            add(hash_of(&("link", serde_json::to_string(&l).unwrap_or_default())));
+        }
+        for a in self.addresses.values() {
+            add(hash_of(&("addr", a.key, a.flags, a.scope)));
+        }
+        for a in &self.anycast {
+            add(hash_of(&("anycast", a)));
+        }
+        self.routes.for_each_raw(|table, dst, metric, tos, kind, proto, scope, attrs| {
+            add(hash_of(&("route", table, dst, metric, tos, kind, proto, scope, attrs)));
+        });
+        for n in self.nexthops.values() {
+            add(hash_of(&("nh", serde_json::to_string(n).unwrap_or_default())));
+        }
+        for r in &self.rules {
+            add(hash_of(&("rule", r)));
+        }
+        for (v6, s) in [(false, &self.sysctls.forwarding_v4), (true, &self.sysctls.forwarding_v6)] {
+            add(hash_of(&("fwd", v6, s.all, s.default, &s.per_if)));
+        }
+        format!("{sum:016x}")
+    }
+}
+
+fn same_link_but_counters(a: &Link, b: &Link) -> bool {
+    let mut a = a.clone();
+    a.tx_packets = b.tx_packets;
+    a.tx_carrier_errors = b.tx_carrier_errors;
+    a == *b
+}
+
+fn hash_of<T: Hash>(t: &T) -> u64 {
+    // DefaultHasher::new() uses fixed keys, so digests agree between the
+    // daemon and a one-shot dump run by the same binary.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+/// `net.ipv{4,6}.conf.{all,default,IFNAME}.{what}`.
+pub fn sysctl_name(v6: bool, what: &str, scope: ConfScope, links: &BTreeMap<u32, Link>) -> String {
+    let fam = if v6 { "ipv6" } else { "ipv4" };
+    let s = match scope {
+        ConfScope::All => "all".to_string(),
+        ConfScope::Default => "default".to_string(),
+        ConfScope::Iface(i) => links.get(&i).map(|l| l.name.clone()).unwrap_or_else(|| format!("if{i}")),
+    };
+    format!("net.{fam}.conf.{s}.{what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(ifindex: u32, name: &str) -> Link {
+        Link {
+            ifindex,
+            name: name.into(),
+            kind: Some("veth".into()),
+            master: None,
+            flags: IFF_UP,
+            mtu: 1500,
+            bridge_port: None,
+            tunnel: None,
+            tx_packets: 0,
+            tx_carrier_errors: 0,
+        }
+    }
+
+    #[test]
+    fn nexthop_group_members_resolve_through_objects() {
+        let mut m = Model::default();
+        let mut ev = vec![];
+        for (id, gw, oif) in [(1, "fe80::1", 2), (2, "fe80::2", 3)] {
+            m.apply(
+                Change::Nexthop(Nexthop {
+                    id,
+                    family: 10,
+                    protocol: 4,
+                    oif: Some(oif),
+                    gateway: Some(gw.parse().unwrap()),
+                    blackhole: false,
+                    group: vec![],
+                    resilient: None,
+                }),
+                &mut ev,
+            );
+        }
+        m.apply(
+            Change::Nexthop(Nexthop {
+                id: 10,
+                family: 0,
+                protocol: 4,
+                oif: None,
+                gateway: None,
+                blackhole: false,
+                group: vec![GroupMember { id: 1, weight: 1 }, GroupMember { id: 2, weight: 3 }],
+                resilient: None,
+            }),
+            &mut ev,
+        );
+        m.apply(
+            Change::Route(Route {
+                table: TABLE_MAIN,
+                dst: "fd00::/64".parse().unwrap(),
+                tos: 0,
+                metric: 1024,
+                kind: 1,
+                protocol: 4,
+                scope: 0,
+                attrs: RouteAttrs { nhid: Some(10), ..Default::default() },
+            }),
+            &mut ev,
+        );
+        let r = m.lookup(TABLE_MAIN, "fd00::5".parse().unwrap()).unwrap();
+        assert_eq!(r.members.len(), 2);
+        assert_eq!(r.members[1].gateway, Some("fe80::2".parse().unwrap()));
+        assert_eq!(r.members[1].ifindex, 3);
+        assert_eq!(r.members[1].weight, 3);
+        assert_eq!(ev.len(), 4);
+        assert!(ev.iter().all(|e| e.op == "add"));
+    }
+
+    #[test]
+    fn bridge_port_state_survives_plain_link_updates_and_link_removal_cleans_up() {
+        let mut m = Model::default();
+        let mut ev = vec![];
+        let mut l = link(5, "vnet0");
+        l.master = Some(4);
+        m.apply(Change::Link(l.clone()), &mut ev);
+        m.apply(Change::BridgePort(5, Some(BridgePort { hairpin: true })), &mut ev);
+        assert_eq!(m.counts()["hairpin_ports"], 1);
+        // A later AF_UNSPEC message without slave data keeps the port state.
+        l.mtu = 9000;
+        m.apply(Change::Link(l), &mut ev);
+        assert_eq!(m.counts()["hairpin_ports"], 1);
+        assert_eq!(m.links[&5].mtu, 9000);
+        m.apply(Change::Forwarding { v6: true, scope: ConfScope::Iface(5), value: 1 }, &mut ev);
+        assert_eq!(m.sysctl_map()["net.ipv6.conf.vnet0.forwarding"], "1");
+        m.apply(Change::LinkGone(5), &mut ev);
+        assert!(m.links.is_empty());
+        assert!(m.sysctls.forwarding_v6.per_if.is_empty());
+        let ops: Vec<_> = ev.iter().map(|e| (e.kind, e.op)).collect();
+        assert_eq!(
+            ops,
+            vec![("link", "add"), ("link", "update"), ("link", "update"), ("sysctl", "update"), ("link", "remove")]
+        );
+    }
+
+    #[test]
+    fn counter_only_link_updates_are_silent() {
+        let mut m = Model::default();
+        let mut ev = vec![];
+        let mut l = link(2, "eth0");
+        m.apply(Change::Link(l.clone()), &mut ev);
+        l.tx_packets = 99;
+        m.apply(Change::Link(l), &mut ev);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(m.links[&2].tx_packets, 99);
+    }
+
+    #[test]
+    fn socket_polls_are_diffed() {
+        let mut m = Model::default();
+        let mut ev = vec![];
+        let s = |lp: u16| TcpSocket {
+            local: format!("[fd00::1]:{lp}").parse().unwrap(),
+            remote: "[fd00::2]:80".parse().unwrap(),
+            bound_ifindex: 0,
+            mark: None,
+            inode: lp as u32,
+            uid: 0,
+        };
+        m.apply(Change::Sockets(vec![s(1000), s(1001)]), &mut ev);
+        assert_eq!(ev.len(), 2);
+        ev.clear();
+        m.apply(Change::Sockets(vec![s(1001), s(1002)]), &mut ev);
+        let mut ops: Vec<_> = ev.iter().map(|e| e.op).collect();
+        ops.sort();
+        assert_eq!(ops, vec!["add", "remove"]);
+        assert_eq!(m.sockets.len(), 2);
+    }
+
+    #[test]
+    fn digest_is_order_independent_and_content_sensitive() {
+        let mk = |order: &[u32]| {
+            let mut m = Model::default();
+            let mut ev = vec![];
+            for &i in order {
+                m.apply(Change::Link(link(i, &format!("v{i}"))), &mut ev);
+                m.apply(
+                    Change::Route(Route {
+                        table: TABLE_MAIN,
+                        dst: format!("10.{i}.0.0/16").parse().unwrap(),
+                        tos: 0,
+                        metric: 0,
+                        kind: 1,
+                        protocol: 4,
+                        scope: 0,
+                        attrs: RouteAttrs {
+                            nexthops: vec![NextHop { gateway: None, ifindex: i, weight: 1, flags: 0 }],
+                            ..Default::default()
+                        },
+                    }),
+                    &mut ev,
+                );
+            }
+            m
+        };
+        let a = mk(&[1, 2, 3]);
+        let b = mk(&[3, 1, 2]);
+        assert_eq!(a.digest(), b.digest());
+        let c = mk(&[1, 2]);
+        assert_ne!(a.digest(), c.digest());
+    }
+}
