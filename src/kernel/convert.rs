@@ -75,6 +75,10 @@ const AF_INET6: u8 = 10;
 const AF_BRIDGE: u8 = 7;
 /// RTM_F_CLONED: a cached route (exception), not a FIB entry.
 const RTM_F_CLONED: u32 = 0x200;
+/// Nexthop flags that are configuration (RTNH_F_PERVASIVE, RTNH_F_ONLINK);
+/// the others (dead, linkdown, offload, trap) are liveness state the kernel
+/// changes without notifications, derivable from link state instead.
+const RTNH_F_CONFIG: u8 = 0x2 | 0x4;
 /// IFLA_BRPORT_MODE inside AF_BRIDGE IFLA_PROTINFO: hairpin.
 const IFLA_BRPORT_MODE: u16 = 4;
 
@@ -311,7 +315,7 @@ fn route(m: RouteMessage) -> Option<Route> {
                     gateway: gw,
                     ifindex: nh.interface_index,
                     weight: u16::from(nh.hops) + 1,
-                    flags: nh.flags.bits(),
+                    flags: nh.flags.bits() & RTNH_F_CONFIG,
                 });
             }
         }

@@ -129,6 +129,7 @@ impl Model {
     pub fn apply(&mut self, change: Change, events: &mut Vec<Applied>) {
         match change {
             Change::Link(mut link) => {
+                let went_down = self.links.get(&link.ifindex).is_some_and(|o| o.is_up()) && !link.is_up();
                 // AF_BRIDGE messages carry the bridge-port state separately;
                 // an AF_UNSPEC link message without slave data must not erase
                 // what they told us.
@@ -148,10 +149,15 @@ impl Model {
                     }
                     Some(_) => "update",
                 };
-                self.links.insert(link.ifindex, link);
+                let ifindex = link.ifindex;
+                self.links.insert(ifindex, link);
                 events.extend(applied("link", op, key));
+                if went_down {
+                    self.flush_link(ifindex, false, events);
+                }
             }
             Change::LinkGone(ifindex) => {
+                self.flush_link(ifindex, true, events);
                 if let Some(l) = self.links.remove(&ifindex) {
                     // The kernel removes a link's addresses, anycast, routes
                     // and per-interface conf with it, and sends notifications
@@ -278,6 +284,60 @@ impl Model {
                     }
                 }
                 std::mem::swap(&mut self.sockets, &mut fresh);
+            }
+        }
+    }
+
+    /// Applies what the kernel removes *without notifications* when a link
+    /// goes administratively down (`unregister == false`) or away:
+    /// - nexthop objects bound to it (`nexthop_flush_dev`), their entries in
+    ///   groups, groups left empty, and routes using any removed object;
+    /// - IPv4 routes through it (`fib_sync_down_dev` + `fib_flush`): on
+    ///   unregister every route with a member on the link, on down only
+    ///   routes whose members are all on it (multipath survivors keep their
+    ///   other members; the dead member's flag is not modelled).
+    ///
+    /// IPv6 routes are left alone: the kernel notifies their removal.
+    fn flush_link(&mut self, ifindex: u32, unregister: bool, events: &mut Vec<Applied>) {
+        let mut dead: BTreeSet<u32> = self.nexthops.values().filter(|n| n.oif == Some(ifindex)).map(|n| n.id).collect();
+        if !dead.is_empty() {
+            let mut emptied = Vec::new();
+            for n in self.nexthops.values_mut().filter(|n| !n.group.is_empty()) {
+                let before = n.group.len();
+                n.group.retain(|m| !dead.contains(&m.id));
+                if n.group.is_empty() {
+                    emptied.push(n.id);
+                } else if n.group.len() != before {
+                    events.extend(applied("nexthop", "update", format!("nexthop id {}", n.id)));
+                }
+            }
+            dead.extend(emptied);
+            for id in &dead {
+                if self.nexthops.remove(id).is_some() {
+                    events.extend(applied("nexthop", "remove", format!("nexthop id {id}")));
+                }
+            }
+        }
+        let doomed: Vec<Route> = self
+            .routes
+            .iter()
+            .filter(|r| match r.attrs.nhid {
+                Some(id) => dead.contains(&id),
+                None if r.dst.is_ipv4() && !r.attrs.nexthops.is_empty() => {
+                    let on = |n: &NextHop| n.ifindex == ifindex;
+                    if unregister {
+                        r.attrs.nexthops.iter().any(on)
+                    } else {
+                        r.attrs.nexthops.iter().all(on)
+                    }
+                }
+                None => false,
+            })
+            .collect();
+        for r in doomed {
+            let key = r.key_string();
+            if self.routes.remove(&r) == RouteOp::Removed {
+                events.extend(applied("route", "remove", key));
             }
         }
     }
@@ -541,6 +601,73 @@ mod tests {
             ops,
             vec![("link", "add"), ("link", "update"), ("link", "update"), ("sysctl", "update"), ("link", "remove")]
         );
+    }
+
+    fn nh_obj(id: u32, oif: Option<u32>, group: &[u32]) -> Nexthop {
+        Nexthop {
+            id,
+            family: if group.is_empty() { 10 } else { 0 },
+            protocol: 4,
+            oif,
+            gateway: oif.map(|o| format!("fe80::{o}").parse().unwrap()),
+            blackhole: false,
+            group: group.iter().map(|&id| GroupMember { id, weight: 1 }).collect(),
+            resilient: None,
+        }
+    }
+
+    fn route_via(dst: &str, nhid: Option<u32>, members: &[u32]) -> Route {
+        Route {
+            table: TABLE_MAIN,
+            dst: dst.parse().unwrap(),
+            tos: 0,
+            metric: 0,
+            kind: 1,
+            protocol: 4,
+            scope: 0,
+            attrs: RouteAttrs {
+                nhid,
+                nexthops: members
+                    .iter()
+                    .map(|&i| NextHop { gateway: Some("192.0.2.1".parse().unwrap()), ifindex: i, weight: 1, flags: 0 })
+                    .collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn link_down_and_removal_apply_the_kernels_silent_flushes() {
+        let mut m = Model::default();
+        let mut ev = vec![];
+        m.apply(Change::Link(link(2, "a")), &mut ev);
+        m.apply(Change::Link(link(3, "b")), &mut ev);
+        for n in [nh_obj(1, Some(2), &[]), nh_obj(2, Some(3), &[]), nh_obj(10, None, &[1, 2]), nh_obj(11, None, &[1])] {
+            m.apply(Change::Nexthop(n), &mut ev);
+        }
+        m.apply(Change::Route(route_via("fd00:a::/64", Some(10), &[])), &mut ev);
+        m.apply(Change::Route(route_via("fd00:b::/64", Some(11), &[])), &mut ev);
+        m.apply(Change::Route(route_via("10.1.0.0/16", None, &[2])), &mut ev);
+        m.apply(Change::Route(route_via("10.2.0.0/16", None, &[2, 3])), &mut ev);
+        // Admin down of link 2: its nexthop object goes, group 10 keeps
+        // member 2, group 11 is emptied and goes with its route; the IPv4
+        // route wholly on link 2 goes, the multipath one stays.
+        let mut down = link(2, "a");
+        down.flags = 0;
+        ev.clear();
+        m.apply(Change::Link(down), &mut ev);
+        assert_eq!(m.nexthops.keys().copied().collect::<Vec<_>>(), vec![2, 10]);
+        assert_eq!(m.nexthops[&10].group, vec![GroupMember { id: 2, weight: 1 }]);
+        assert!(m.lookup(TABLE_MAIN, "fd00:b::1".parse().unwrap()).is_none());
+        assert_eq!(m.lookup(TABLE_MAIN, "fd00:a::1".parse().unwrap()).unwrap().members.len(), 1);
+        assert!(m.lookup(TABLE_MAIN, "10.1.0.1".parse().unwrap()).is_none());
+        assert!(m.lookup(TABLE_MAIN, "10.2.0.1".parse().unwrap()).is_some());
+        assert!(ev.iter().any(|e| e.kind == "route" && e.op == "remove" && e.key.starts_with("10.1.0.0/16")));
+        // Unregister of link 3 takes the multipath IPv4 route too.
+        m.apply(Change::LinkGone(3), &mut ev);
+        assert!(m.lookup(TABLE_MAIN, "10.2.0.1".parse().unwrap()).is_none());
+        assert!(m.nexthops.is_empty(), "{:?}", m.nexthops);
+        assert!(m.lookup(TABLE_MAIN, "fd00:a::1".parse().unwrap()).is_none());
     }
 
     #[test]

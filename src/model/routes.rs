@@ -205,8 +205,34 @@ pub enum RouteOp {
     Missing,
 }
 
+/// RTPROT_RA: routes learned from router advertisements.
+const RTPROT_RA: u8 = 9;
+
+/// The device part of an IPv6 route's identity. IPv6 merges routes with a
+/// gateway at the same prefix and metric into one multipath route
+/// (`rt6_qualify_for_ecmp`), but keeps connected routes (e.g. `fe80::/64`
+/// on every interface) and RA-learned defaults as separate routes per
+/// device; those are told apart by their interface. IPv4 routes are
+/// identified by prefix, TOS and priority alone.
+fn device_key(is_v6: bool, protocol: u8, attrs: &RouteAttrs) -> Option<u32> {
+    if !is_v6 || attrs.nhid.is_some() {
+        return None;
+    }
+    let ecmp = protocol != RTPROT_RA && attrs.nexthops.iter().any(|n| n.gateway.is_some());
+    if ecmp {
+        None
+    } else {
+        Some(attrs.nexthops.first().map_or(0, |n| n.ifindex))
+    }
+}
+
 fn same_identity(e: &Entry, pool: &AttrPool, r: &Route) -> bool {
-    e.metric == r.metric && e.tos == r.tos && pool.get(e.attrs).src == r.attrs.src
+    if e.metric != r.metric || e.tos != r.tos {
+        return false;
+    }
+    let stored = pool.get(e.attrs);
+    let v6 = r.dst.is_ipv6();
+    stored.src == r.attrs.src && device_key(v6, e.protocol, stored) == device_key(v6, r.protocol, &r.attrs)
 }
 
 /// Clears host bits so equal prefixes compare equal.
@@ -512,11 +538,11 @@ mod tests {
         assert_eq!(t.distinct_attr_sets(), 1);
         t.upsert(route("2001:db8:ffff::/48", 1024, vec![nh("fe80::3", 4)]));
         assert_eq!(t.distinct_attr_sets(), 2);
-        assert_eq!(t.remove(&route("2001:db8:ffff::/48", 1024, vec![])), RouteOp::Removed);
+        assert_eq!(t.remove(&route("2001:db8:ffff::/48", 1024, vec![nh("fe80::3", 4)])), RouteOp::Removed);
         assert_eq!(t.distinct_attr_sets(), 1);
         for i in 0..100u32 {
             let dst = format!("2001:db8:{:x}::/48", i);
-            assert_eq!(t.remove(&route(&dst, 1024, vec![])), RouteOp::Removed);
+            assert_eq!(t.remove(&route(&dst, 1024, vec![nh("fe80::1", 2), nh("fe80::2", 3)])), RouteOp::Removed);
         }
         assert_eq!(t.distinct_attr_sets(), 0);
         assert_eq!(t.count_v6(), 0);
@@ -534,6 +560,28 @@ mod tests {
         let gws: Vec<String> = r.attrs.nexthops.iter().map(|n| n.gateway.unwrap().to_string()).collect();
         assert_eq!(gws, vec!["fe80::1", "fe80::3"]);
         assert_eq!(t.count_v6(), 1);
+    }
+
+    #[test]
+    fn ipv6_connected_routes_on_different_devices_are_distinct() {
+        let mut t = RouteTables::default();
+        let dev = |ifindex| NextHop { gateway: None, ifindex, weight: 1, flags: 0 };
+        assert_eq!(t.upsert(route("fe80::/64", 256, vec![dev(2)])), RouteOp::Added);
+        assert_eq!(t.upsert(route("fe80::/64", 256, vec![dev(3)])), RouteOp::Added);
+        assert_eq!(t.count_v6(), 2);
+        assert_eq!(t.remove(&route("fe80::/64", 256, vec![dev(3)])), RouteOp::Removed);
+        let r = t.lookup(TABLE_MAIN, "fe80::1".parse().unwrap()).unwrap();
+        assert_eq!(r.attrs.nexthops[0].ifindex, 2);
+        // Gateway routes at the same metric are one (multipath) route.
+        assert_eq!(t.upsert(route("2001:db8::/32", 1024, vec![nh("fe80::1", 2)])), RouteOp::Added);
+        assert_eq!(t.upsert(route("2001:db8::/32", 1024, vec![nh("fe80::1", 2), nh("fe80::2", 3)])), RouteOp::Updated);
+        // RA-learned defaults on two interfaces stay separate.
+        let mut ra = route("::/0", 1024, vec![nh("fe80::1", 2)]);
+        ra.protocol = 9;
+        let mut ra2 = route("::/0", 1024, vec![nh("fe80::1", 3)]);
+        ra2.protocol = 9;
+        assert_eq!(t.upsert(ra), RouteOp::Added);
+        assert_eq!(t.upsert(ra2), RouteOp::Added);
     }
 
     #[test]

@@ -1,0 +1,226 @@
+//! Test harness for netns labs: uniquely named namespaces that are removed
+//! (with every process inside) even when a test fails, the real daemon
+//! started inside one, and the CLI driven with `--json`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Path of the routeguard binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_routeguard")
+}
+
+/// Fails the test early, with a clear reason, when not root.
+pub fn require_root() {
+    // SAFETY-free check: /proc/self/status has the effective uid.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
+    assert_eq!(euid, Some("0"), "netns integration tests need root (they create network namespaces)");
+}
+
+/// A throw-away network namespace.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `rg<tag>-<pid>-<n>` with loopback up.
+    pub fn new(tag: &str) -> Netns {
+        require_root();
+        let name = format!("rg{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        run_ok("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ip -n NS ARGS...`, panicking with stderr on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        run_ok("ip", &a)
+    }
+
+    /// Runs a command inside the namespace, panicking on failure.
+    pub fn exec(&self, cmd: &[&str]) -> String {
+        let mut a = vec!["netns", "exec", &self.name];
+        a.extend_from_slice(cmd);
+        run_ok("ip", &a)
+    }
+
+    /// Runs a command inside the namespace and returns its output.
+    pub fn exec_output(&self, cmd: &[&str]) -> Output {
+        let mut a = vec!["netns", "exec", &self.name];
+        a.extend_from_slice(cmd);
+        Command::new("ip").args(&a).output().expect("spawn ip netns exec")
+    }
+
+    /// Spawns a long-running command inside the namespace.
+    pub fn spawn(&self, cmd: &[&str]) -> Child {
+        let mut a = vec!["netns", "exec", &self.name];
+        a.extend_from_slice(cmd);
+        Command::new("ip").args(&a).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, kv: &str) {
+        self.exec(&["sysctl", "-qw", kv]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill everything inside, then remove the namespace.
+        if let Ok(o) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Runs a host command, panicking with its stderr when it fails.
+pub fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A routeguard daemon running inside a namespace.
+pub struct Daemon {
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `routeguard run` in `ns` with `env` and waits until it is
+    /// ready (first dump complete).
+    pub fn start(ns: &Netns, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with_args(ns, env, &[])
+    }
+
+    /// Like [`Daemon::start`] with extra `run` arguments.
+    pub fn start_with_args(ns: &Netns, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("rg.sock");
+        let log = dir.path().join("daemon.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, bin(), "run", "--socket"]).arg(&socket).args(args);
+        cmd.env("ROUTEGUARD_STATE_DIR", dir.path().join("state"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(logf.try_clone().expect("dup")).stderr(logf);
+        let child = cmd.spawn().expect("spawn daemon");
+        let d = Daemon { socket, log, child, dir };
+        d.wait_ready(Duration::from_secs(20));
+        d
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(v) = self.try_json(&["status"]) {
+                if v["ready"] == Value::Bool(true) {
+                    return;
+                }
+            }
+            assert!(start.elapsed() < timeout, "daemon not ready after {timeout:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `routeguard ARGS --socket S --json` and parses its stdout.
+    pub fn try_json(&self, args: &[&str]) -> Result<Value, String> {
+        let o = self.cli(args, true);
+        if !o.status.success() {
+            return Err(format!("routeguard {} failed: {}", args.join(" "), String::from_utf8_lossy(&o.stderr)));
+        }
+        serde_json::from_slice(&o.stdout).map_err(|e| {
+            format!("bad JSON from routeguard {}: {e}: {}", args.join(" "), String::from_utf8_lossy(&o.stdout))
+        })
+    }
+
+    /// Like [`Daemon::try_json`], panicking on failure.
+    pub fn json(&self, args: &[&str]) -> Value {
+        self.try_json(args).unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", self.log_text()))
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str], json: bool) -> Output {
+        let mut c = Command::new(bin());
+        c.args(args).arg("--socket").arg(&self.socket);
+        if json {
+            c.arg("--json");
+        }
+        c.output().expect("run routeguard CLI")
+    }
+
+    /// The daemon's pid (of the `ip netns exec` wrapper, which execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Directory holding the socket, log and state.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- routeguard log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Ok` or `timeout` passes; then
+/// panics with the last error. Returns the value and how long it took.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return (v, start.elapsed()),
+            Err(e) => {
+                if start.elapsed() > timeout {
+                    panic!("condition not met within {timeout:?}: {e}");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Spawns a process and returns the first line of its stdout.
+pub fn first_line(child: &mut Child) -> String {
+    let out = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("read line");
+    line.trim().to_string()
+}
