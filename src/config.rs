@@ -349,6 +349,36 @@ mod tests {
         assert!(e.contains("/nonexistent/rg.toml"), "{e}");
     }
 
+    /// examples/routeguard.toml documents every key with its default: with
+    /// every setting uncommented it must parse, and (apart from the
+    /// optional TLS listener, whose values are examples) equal the defaults.
+    #[test]
+    fn example_config_documents_every_key_with_its_default() {
+        let text = include_str!("../examples/routeguard.toml");
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let f = write(&uncommented);
+        let c = Config::load(Some(f.path()), &[]).unwrap();
+        let mut expected = Config::default();
+        expected.api = c.api.clone();
+        assert_eq!(c, expected);
+        assert!(c.api.listen.is_some() && c.api.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
+        // Every known key appears in the example.
+        for key in known_keys() {
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                uncommented.contains(&format!("{leaf} =")) || uncommented.contains(&format!("[{key}]")),
+                "examples/routeguard.toml does not document `{key}`"
+            );
+        }
+    }
+
     #[test]
     fn env_key_mapping() {
         assert_eq!(env_key("ROUTEGUARD_STATE_DIR").as_deref(), Some("state_dir"));
