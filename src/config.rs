@@ -75,6 +75,28 @@ pub struct Config {
     pub kernel: KernelConfig,
     /// Network API (off unless `listen` is set).
     pub api: ApiConfig,
+    /// Kernel self-test.
+    pub selftest: SelftestConfig,
+    /// Hazard policies.
+    pub hazards: crate::policy::HazardsConfig,
+}
+
+/// `[selftest]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelftestConfig {
+    /// Run the kernel self-test at start (the result is cached per boot
+    /// and kernel in the state directory). Without it, detectors assume
+    /// the kernel is affected.
+    pub on_start: bool,
+    /// Connections per ECMP probe.
+    pub connections: u32,
+}
+
+impl Default for SelftestConfig {
+    fn default() -> Self {
+        SelftestConfig { on_start: true, connections: 30 }
+    }
 }
 
 /// `[kernel]`.
@@ -124,6 +146,8 @@ impl Default for Config {
             log_level: "info".into(),
             kernel: KernelConfig::default(),
             api: ApiConfig::default(),
+            selftest: SelftestConfig::default(),
+            hazards: crate::policy::HazardsConfig::default(),
         }
     }
 }
@@ -254,6 +278,10 @@ impl Config {
         if self.kernel.netlink_rcvbuf < 4096 {
             return Err("key `kernel.netlink_rcvbuf` must be at least 4096 bytes".into());
         }
+        self.hazards.validate()?;
+        if self.selftest.connections == 0 || self.selftest.connections > 1000 {
+            return Err("key `selftest.connections` must be between 1 and 1000".into());
+        }
         if self.socket.as_os_str().is_empty() {
             return Err("key `socket` must not be empty".into());
         }
@@ -373,7 +401,9 @@ mod tests {
         for key in known_keys() {
             let leaf = key.rsplit('.').next().unwrap();
             assert!(
-                uncommented.contains(&format!("{leaf} =")) || uncommented.contains(&format!("[{key}]")),
+                uncommented.contains(&format!("{leaf} ="))
+                    || uncommented.contains(&format!("[{key}]"))
+                    || uncommented.contains(&format!("[{key}.")),
                 "examples/routeguard.toml does not document `{key}`"
             );
         }

@@ -11,8 +11,10 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod hazards;
 pub mod kernel;
 pub mod model;
+pub mod policy;
 
 /// Generated protobuf and gRPC code.
 #[allow(missing_docs, clippy::all)]

@@ -4,6 +4,7 @@
 //! [`Model`] and feeds it [`Change`]s produced by the kernel edge; every
 //! `apply` reports what it did so the core can publish events.
 
+pub mod flows;
 pub mod objects;
 pub mod routes;
 

@@ -1,0 +1,439 @@
+//! `ecmp_rehash`: locally-originated TCP flows over multipath routes that a
+//! change (or any invalidation of their cached route) moves to another
+//! member.
+//!
+//! **What breaks.** IPv6 `tcp_v6_connect()` looks the route up before the
+//! source port is chosen and caches it; the next invalidation makes the
+//! socket look up again with its real port and the multipath hash may pick
+//! another member. If the destination is anycast (or behind stateful
+//! devices per path) the flow dies with RST. IPv4 re-looks-up once the port
+//! is known, so it is not affected.
+//!
+//! **Kernels.** Under L4 hashing (IPv6 `fib_multipath_hash_policy` 1, or 3
+//! with the source port in the fields) on every kernel measured (5.10, 6.1,
+//! 6.18); under L3 hashing also on older kernels (5.10) where the first
+//! lookup used source `::`. The daemon does not trust this list: the
+//! self-test measures the running kernel and [`KernelFacts`] carries it.
+//!
+//! **Evidence.** Per flow: its route and members, the member it uses now
+//! (observed from its SYN leaving the box) and the member the kernel
+//! selects for its real keys (RTM_GETROUTE with src, dst, proto, ports,
+//! mark, oif: field-notes verified 79/79 predicted-and-broke, 0 false).
+//!
+//! **What a change does to flows** (IPv6, same table):
+//! - replacing a flow's own route with the same members: the flow moves iff
+//!   it is armed (now != after) — exact;
+//! - replacing a route on the path from the tree root to the flow's route
+//!   (the flow's prefix contains the changed one), e.g. anything while the
+//!   flow rides an ECMP default route: the same, since only the invalidation
+//!   happens;
+//! - changing the flow's own route's members or weights, or adding a more
+//!   specific route that captures the flow: the hash-to-member mapping
+//!   changes; which flows move cannot be computed without the kernel's hash,
+//!   so every flow on it counts as at risk (a limit, stated in the finding);
+//! - anything in another table: nothing (separate tree).
+//! For IPv4 any route change invalidates every cached route, but flows
+//! already use their real-keys member, so only observed mismatches count.
+//! A hash-policy or hash-fields sysctl change re-maps every IPv6 flow at its
+//! next invalidation.
+//!
+//! **Mitigations.** Wait until armed flows drain (delay); switch the
+//! namespace to a hash without the source port (policy 3, fields 0x000F:
+//! namespace-wide, forwarded traffic too) at a moment with no flows to
+//! move; resilient nexthop groups (limit re-mapping when members change; do
+//! not fix the source-port problem); bind source address and port before
+//! connect (application change).
+
+use std::collections::BTreeMap;
+
+use ipnetwork::IpNetwork;
+
+use super::{Context, Detector, Finding, Mitigation, Severity};
+use crate::model::flows::Flow;
+use crate::policy::intent::{Intent, RouteSpec};
+
+/// The detector.
+pub struct EcmpRehash;
+
+/// The hazard's name.
+pub const NAME: &str = "ecmp_rehash";
+/// Most flows listed as evidence in one finding.
+const MAX_EVIDENCE: usize = 50;
+
+fn mitigations() -> Vec<Mitigation> {
+    vec![
+        Mitigation {
+            name: "delay",
+            description: "hold the change until the exposed flows have closed".into(),
+            side_effects: "the change waits (up to max_delay)".into(),
+        },
+        Mitigation {
+            name: "hash_fields",
+            description: "net.ipv6.fib_multipath_hash_policy=3 with fib_multipath_hash_fields=0x000f \
+                          (src, dst, proto, flowlabel: no source port), set while no flow can move"
+                .into(),
+            side_effects: "namespace-wide: forwarded IPv6 traffic is hashed on the flow label instead of ports".into(),
+        },
+        Mitigation {
+            name: "resilient",
+            description: "use a resilient nexthop group so member changes remap few buckets".into(),
+            side_effects: "needs nexthop objects (kernel >= 5.13, FRR >= 8.5); does not fix identical replaces".into(),
+        },
+        Mitigation {
+            name: "bind_source",
+            description: "applications bind source address and port before connect()".into(),
+            side_effects: "application change".into(),
+        },
+    ]
+}
+
+fn describe(f: &Flow, ctx: &Context<'_>) -> String {
+    let m = |id: &Option<crate::model::flows::MemberId>| match id {
+        Some(id) => {
+            let gw = id.gateway.map(|g| format!("{g} ")).unwrap_or_default();
+            format!("{gw}dev {}", ctx.model.ifname(id.ifindex))
+        }
+        None => "unknown".into(),
+    };
+    format!("tcp {} -> {} route {} now {} after {}", f.local, f.remote, f.prefix, m(&f.current), m(&f.after))
+}
+
+fn affected(ctx: &Context<'_>, f: &Flow) -> bool {
+    // Not measured: assume the worst rather than show an unknown flow safe.
+    let fact = if f.is_v6() { ctx.kernel.ecmp_v6_affected } else { ctx.kernel.ecmp_v4_affected };
+    fact.unwrap_or(true)
+}
+
+/// True when `outer` is `inner` or one of its ancestors.
+fn covers(outer: &IpNetwork, inner: &IpNetwork) -> bool {
+    outer.is_ipv4() == inner.is_ipv4() && outer.prefix() <= inner.prefix() && outer.contains(inner.network())
+}
+
+fn same_members(ctx: &Context<'_>, f: &Flow, spec: &RouteSpec) -> bool {
+    let mut have: Vec<_> = f.members.iter().map(|m| (m.gateway, ctx.model.ifname(m.ifindex), m.weight)).collect();
+    let mut want: Vec<_> = spec.members.iter().map(|m| (m.gateway, m.dev.clone(), m.weight)).collect();
+    have.sort();
+    want.sort();
+    have == want
+}
+
+/// How a proposed route change touches one flow.
+enum Touch {
+    /// Not at all.
+    None,
+    /// Its cached route is invalidated; it moves iff armed.
+    Invalidated,
+    /// Its hash-to-member mapping changes: at risk whatever it is now.
+    Remapped,
+}
+
+fn touch(ctx: &Context<'_>, f: &Flow, spec: &RouteSpec) -> Touch {
+    if f.is_v6() != spec.dst.is_ipv6() {
+        return Touch::None;
+    }
+    if !f.is_v6() {
+        // IPv4: any route change flushes every cached route of the family.
+        return Touch::Invalidated;
+    }
+    if f.table != spec.table {
+        return Touch::None;
+    }
+    if f.prefix == spec.dst {
+        return if same_members(ctx, f, spec) { Touch::Invalidated } else { Touch::Remapped };
+    }
+    if covers(&f.prefix, &spec.dst) {
+        // A more specific route: captures the flow if it covers its
+        // destination, else only invalidates on the way up to the root.
+        return if spec.dst.contains(f.remote.ip()) { Touch::Remapped } else { Touch::Invalidated };
+    }
+    Touch::None
+}
+
+impl Detector for EcmpRehash {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn current(&self, ctx: &Context<'_>) -> Vec<Finding> {
+        let armed: Vec<&Flow> = ctx.flows.iter().filter(|f| f.armed(affected(ctx, f))).collect();
+        if armed.is_empty() {
+            return Vec::new();
+        }
+        let mut by_route: BTreeMap<String, usize> = BTreeMap::new();
+        for f in &armed {
+            *by_route.entry(f.prefix.to_string()).or_default() += 1;
+        }
+        let routes: Vec<String> = by_route.iter().map(|(p, n)| format!("{p} ({n})")).collect();
+        vec![Finding {
+            hazard: NAME,
+            severity: Severity::Warning,
+            summary: format!(
+                "{} established flow(s) would move to another member at the next invalidation of their cached \
+                 route (any route change on their path, rule change or address change): {}",
+                armed.len(),
+                routes.join(", ")
+            ),
+            breaks: armed.len(),
+            evidence: armed.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
+            mitigations: mitigations(),
+        }]
+    }
+
+    fn evaluate(&self, ctx: &Context<'_>, intent: &Intent) -> Vec<Finding> {
+        match intent {
+            Intent::RouteReplace(spec) => {
+                let mut moved = Vec::new();
+                let mut remapped = Vec::new();
+                for f in ctx.flows.iter() {
+                    match touch(ctx, f, spec) {
+                        Touch::None => {}
+                        Touch::Invalidated => {
+                            if f.armed(affected(ctx, f)) {
+                                moved.push(f);
+                            }
+                        }
+                        Touch::Remapped => remapped.push(f),
+                    }
+                }
+                let mut out = Vec::new();
+                if !moved.is_empty() {
+                    out.push(Finding {
+                        hazard: NAME,
+                        severity: Severity::Critical,
+                        summary: format!(
+                            "replacing {} (table {}) invalidates cached routes and moves {} established flow(s) to \
+                             another member; flows to anycast destinations die with RST",
+                            spec.dst,
+                            spec.table,
+                            moved.len()
+                        ),
+                        breaks: moved.len(),
+                        evidence: moved.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
+                        mitigations: mitigations(),
+                    });
+                }
+                if !remapped.is_empty() {
+                    out.push(Finding {
+                        hazard: NAME,
+                        severity: Severity::Critical,
+                        summary: format!(
+                            "replacing {} (table {}) changes the member set {} flow(s) are hashed over; which of \
+                             them move cannot be computed without the kernel's hash, so all are at risk",
+                            spec.dst,
+                            spec.table,
+                            remapped.len()
+                        ),
+                        breaks: remapped.len(),
+                        evidence: remapped.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
+                        mitigations: mitigations(),
+                    });
+                }
+                out
+            }
+            Intent::Sysctl { key, value } => {
+                let hash_key =
+                    key == "net.ipv6.fib_multipath_hash_policy" || key == "net.ipv6.fib_multipath_hash_fields";
+                let s = &ctx.model.sysctls;
+                let current = if key.ends_with("policy") { s.hash_policy_v6 } else { s.hash_fields_v6 };
+                let unchanged = parse_int(value).is_some_and(|v| Some(v) == current);
+                let v6: Vec<&Flow> = ctx.flows.iter().filter(|f| f.is_v6()).collect();
+                if !hash_key || unchanged || v6.is_empty() {
+                    return Vec::new();
+                }
+                vec![Finding {
+                    hazard: NAME,
+                    severity: Severity::Warning,
+                    summary: format!(
+                        "{key}={value} re-maps all {} IPv6 flow(s) on multipath routes at their next invalidation",
+                        v6.len()
+                    ),
+                    breaks: v6.len(),
+                    evidence: v6.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
+                    mitigations: mitigations(),
+                }]
+            }
+        }
+    }
+}
+
+/// Parses a sysctl integer in decimal or 0x-hex.
+pub fn parse_int(v: &str) -> Option<u32> {
+    let v = v.trim();
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::hazards::KernelFacts;
+    use crate::model::flows::{FlowTable, MemberId, Observation};
+    use crate::model::{Change, Link, Model, NextHop, Route, RouteAttrs, TcpSocket, IFF_UP, TABLE_MAIN};
+    use crate::policy::intent::parse_route_replace;
+
+    /// R with links r1..r3 (ifindex 2..4), an ECMP /128 and an ECMP default,
+    /// and four flows: two to the /128 (one armed, one not), one behind the
+    /// default (armed), one with unknown current member.
+    fn lab() -> (Model, FlowTable) {
+        let mut m = Model::default();
+        let mut ev = vec![];
+        for i in 2..5u32 {
+            m.apply(
+                Change::Link(Link {
+                    ifindex: i,
+                    name: format!("r{}", i - 1),
+                    kind: Some("veth".into()),
+                    master: None,
+                    flags: IFF_UP,
+                    mtu: 1500,
+                    bridge_port: None,
+                    tunnel: None,
+                    tx_packets: 0,
+                    tx_carrier_errors: 0,
+                }),
+                &mut ev,
+            );
+        }
+        let ecmp = |dst: &str| Route {
+            table: TABLE_MAIN,
+            dst: dst.parse().unwrap(),
+            tos: 0,
+            metric: 1024,
+            kind: 1,
+            protocol: 3,
+            scope: 0,
+            attrs: RouteAttrs {
+                nexthops: (2..5).map(|i| NextHop { gateway: Some(gw(i)), ifindex: i, weight: 1, flags: 0 }).collect(),
+                ..Default::default()
+            },
+        };
+        m.apply(Change::Route(ecmp("fd00:ecec:f::1/128")), &mut ev);
+        m.apply(Change::Route(ecmp("::/0")), &mut ev);
+        let sock = |lp: u16, dst: &str| TcpSocket {
+            local: format!("[fd00:1::1]:{lp}").parse().unwrap(),
+            remote: format!("[{dst}]:7").parse().unwrap(),
+            bound_ifindex: 0,
+            mark: None,
+            inode: 1,
+            uid: 0,
+        };
+        m.apply(
+            Change::Sockets(vec![
+                sock(40000, "fd00:ecec:f::1"),
+                sock(40001, "fd00:ecec:f::1"),
+                sock(40002, "2001:db8::9"),
+                sock(40003, "fd00:ecec:f::1"),
+            ]),
+            &mut ev,
+        );
+        let mut t = FlowTable::default();
+        t.sync(&m, &BTreeSet::new());
+        let key = |lp: u16, dst: &str| -> (std::net::SocketAddr, std::net::SocketAddr) {
+            (format!("[fd00:1::1]:{lp}").parse().unwrap(), format!("[{dst}]:7").parse().unwrap())
+        };
+        let obs = |lp: u16, dst: &str, ifindex| {
+            let (local, remote) = key(lp, dst);
+            Observation { local, remote, ifindex }
+        };
+        t.observe(obs(40000, "fd00:ecec:f::1", 2));
+        t.predict(&key(40000, "fd00:ecec:f::1"), MemberId { gateway: Some(gw(3)), ifindex: 3 });
+        t.observe(obs(40001, "fd00:ecec:f::1", 4));
+        t.predict(&key(40001, "fd00:ecec:f::1"), MemberId { gateway: Some(gw(4)), ifindex: 4 });
+        t.observe(obs(40002, "2001:db8::9", 2));
+        t.predict(&key(40002, "2001:db8::9"), MemberId { gateway: Some(gw(4)), ifindex: 4 });
+        t.predict(&key(40003, "fd00:ecec:f::1"), MemberId { gateway: Some(gw(2)), ifindex: 2 });
+        (m, t)
+    }
+
+    fn gw(i: u32) -> std::net::IpAddr {
+        format!("fd00:{i}::2").parse().unwrap()
+    }
+
+    fn ports(f: &Finding) -> Vec<String> {
+        f.evidence
+            .iter()
+            .map(|e| e.split_whitespace().nth(1).unwrap().rsplit(':').next().unwrap().to_string())
+            .collect()
+    }
+
+    const AFFECTED: KernelFacts = KernelFacts { ecmp_v6_affected: Some(true), ecmp_v4_affected: Some(false) };
+    const UNAFFECTED: KernelFacts = KernelFacts { ecmp_v6_affected: Some(false), ecmp_v4_affected: Some(false) };
+
+    #[test]
+    fn identical_replace_moves_exactly_the_armed_flows_on_and_below_it() {
+        let (m, t) = lab();
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let spec = parse_route_replace(
+            "fd00:ecec:f::1/128 nexthop via fd00:2::2 dev r1 nexthop via fd00:3::2 dev r2 nexthop via fd00:4::2 dev r3",
+        )
+        .unwrap();
+        let f = EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(spec));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].severity, Severity::Critical);
+        // 40000 (2 -> 3), 40003 (unknown on an affected kernel) and 40002
+        // (its route, the ECMP default, sits above the changed /128 on the
+        // path to the root, so its cached route is invalidated too); not
+        // 40001 (stays on 4).
+        assert_eq!(ports(&f[0]), vec!["40000", "40002", "40003"]);
+        assert_eq!(f[0].breaks, 3);
+    }
+
+    #[test]
+    fn any_change_under_an_ecmp_default_invalidates_its_flows() {
+        let (m, t) = lab();
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let spec = parse_route_replace("2001:db8:99::/64 via fd00:2::2 dev r1").unwrap();
+        let f = EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(spec));
+        assert_eq!(f.len(), 1);
+        assert_eq!(ports(&f[0]), vec!["40002"]);
+    }
+
+    #[test]
+    fn member_changes_put_every_flow_on_the_route_at_risk() {
+        let (m, t) = lab();
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let spec = parse_route_replace("fd00:ecec:f::1/128 nexthop via fd00:2::2 dev r1 nexthop via fd00:3::2 dev r2")
+            .unwrap();
+        let f = EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(spec));
+        assert_eq!(f.len(), 2);
+        assert_eq!(ports(&f[0]), vec!["40002"], "invalidated behind the default");
+        assert!(f[1].summary.contains("cannot be computed"));
+        assert_eq!(ports(&f[1]), vec!["40000", "40001", "40003"]);
+    }
+
+    #[test]
+    fn other_tables_and_unaffected_kernels_are_quiet() {
+        let (m, t) = lab();
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let other = parse_route_replace("fd00:ecec:f::1/128 table 100 via fd00:2::2 dev r1").unwrap();
+        assert!(EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(other)).is_empty());
+        // On an unaffected kernel, unknown flows are not armed, and a flow
+        // observed on its predicted member never is.
+        let ctx = Context { model: &m, flows: &t, kernel: &UNAFFECTED };
+        let spec = parse_route_replace(
+            "fd00:ecec:f::1/128 nexthop via fd00:2::2 dev r1 nexthop via fd00:3::2 dev r2 nexthop via fd00:4::2 dev r3",
+        )
+        .unwrap();
+        let f = EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(spec));
+        assert_eq!(ports(&f[0]), vec!["40000", "40002"], "observed mismatches still count");
+    }
+
+    #[test]
+    fn current_findings_list_armed_flows_and_hash_sysctls_are_judged() {
+        let (m, t) = lab();
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let f = EcmpRehash.current(&ctx);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].breaks, 3);
+        assert_eq!(f[0].severity, Severity::Warning);
+        let s = Intent::Sysctl { key: "net.ipv6.fib_multipath_hash_policy".into(), value: "3".into() };
+        assert_eq!(EcmpRehash.evaluate(&ctx, &s)[0].breaks, 4);
+        let other = Intent::Sysctl { key: "net.ipv6.conf.all.forwarding".into(), value: "1".into() };
+        assert!(EcmpRehash.evaluate(&ctx, &other).is_empty());
+        assert_eq!(parse_int("0x000F"), Some(15));
+    }
+}

@@ -1,0 +1,100 @@
+//! Hazard detectors: one file per hazard, each a [`Detector`] over
+//! `(model, change)` that returns [`Finding`]s with evidence and the
+//! mitigations it knows. Pure: no I/O, no clock; the core supplies the
+//! model, the flow inventory and what the self-test measured.
+
+pub mod ecmp_rehash;
+
+use serde::Serialize;
+
+use crate::model::flows::FlowTable;
+use crate::model::Model;
+use crate::policy::intent::Intent;
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing; nothing breaks.
+    Info,
+    /// Something is exposed and will break on a later event.
+    Warning,
+    /// The change breaks something.
+    Critical,
+}
+
+impl Severity {
+    /// Parses `info|warning|critical`.
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s {
+            "info" => Some(Severity::Info),
+            "warning" => Some(Severity::Warning),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// A mitigation a detector knows for its hazard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mitigation {
+    /// Stable name (`delay`, `hash_fields`, `resilient`, `bind_source`, ...).
+    pub name: &'static str,
+    /// What it does.
+    pub description: String,
+    /// What else it changes.
+    pub side_effects: String,
+}
+
+/// One hazard found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Detector name.
+    pub hazard: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// One line for humans.
+    pub summary: String,
+    /// How many things break (flows, sessions) if this goes ahead.
+    pub breaks: usize,
+    /// Evidence, one item per line (flows, peers, prefixes, counters).
+    pub evidence: Vec<String>,
+    /// Mitigations the detector knows.
+    pub mitigations: Vec<Mitigation>,
+}
+
+/// What the self-test measured on the running kernel, as the detectors
+/// need it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelFacts {
+    /// Whether an identical multipath replace broke IPv6 flows under the
+    /// namespace's current IPv6 hash setting; `None` when not measured.
+    pub ecmp_v6_affected: Option<bool>,
+    /// The same for IPv4.
+    pub ecmp_v4_affected: Option<bool>,
+}
+
+/// Everything a detector may look at.
+pub struct Context<'a> {
+    /// The kernel model.
+    pub model: &'a Model,
+    /// The flow inventory.
+    pub flows: &'a FlowTable,
+    /// Self-test results.
+    pub kernel: &'a KernelFacts,
+}
+
+/// A hazard detector.
+pub trait Detector: Send + Sync {
+    /// Stable name, used in config and findings.
+    fn name(&self) -> &'static str;
+    /// Hazards present now, without any change.
+    fn current(&self, ctx: &Context<'_>) -> Vec<Finding>;
+    /// What `intent` would break if applied now.
+    fn evaluate(&self, ctx: &Context<'_>, intent: &Intent) -> Vec<Finding>;
+}
+
+/// Every detector, in a stable order.
+pub fn all() -> Vec<Box<dyn Detector>> {
+    vec![Box::new(ecmp_rehash::EcmpRehash)]
+}

@@ -1,0 +1,204 @@
+//! Change intents: what an operator or automation proposes, in domain terms.
+//!
+//! Parsed from the CLI/gRPC text forms with errors that name the offending
+//! token, so a typo never turns into a different change.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+/// One proposed change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Intent {
+    /// `ip route replace` of one route.
+    RouteReplace(RouteSpec),
+    /// A sysctl write (`net.ipv6.fib_multipath_hash_policy=3`).
+    Sysctl {
+        /// Dotted name.
+        key: String,
+        /// New value.
+        value: String,
+    },
+}
+
+/// A route as the operator writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// Table id (default main).
+    pub table: u32,
+    /// Destination prefix (host bits cleared).
+    pub dst: IpNetwork,
+    /// Metric, when given.
+    pub metric: Option<u32>,
+    /// Members in order.
+    pub members: Vec<MemberSpec>,
+}
+
+/// One member of a proposed route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSpec {
+    /// Gateway (`via`).
+    pub gateway: Option<IpAddr>,
+    /// Interface name (`dev`).
+    pub dev: String,
+    /// Weight (default 1).
+    pub weight: u16,
+}
+
+/// A proposal that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct IntentError {
+    /// Which input (e.g. "--route-replace").
+    pub what: String,
+    /// What is wrong, naming the token.
+    pub reason: String,
+}
+
+fn bad(what: &str, reason: impl Into<String>) -> IntentError {
+    IntentError { what: what.into(), reason: reason.into() }
+}
+
+/// Parses `PREFIX [table N] [metric N] nexthop via GW dev DEV [weight W] [nexthop ...]`
+/// or the single-path form `PREFIX [via GW] dev DEV [table N] [metric N]`.
+pub fn parse_route_replace(text: &str) -> Result<RouteSpec, IntentError> {
+    const W: &str = "--route-replace";
+    let mut toks = text.split_whitespace().peekable();
+    let prefix = toks.next().ok_or_else(|| bad(W, "empty; expected `PREFIX nexthop via GW dev DEV ...`"))?;
+    let dst: IpNetwork =
+        prefix.parse().map_err(|_| bad(W, format!("`{prefix}` is not a prefix (e.g. 2001:db8::/32)")))?;
+    let dst = crate::model::routes::normalize(dst);
+    let mut spec = RouteSpec { table: crate::model::TABLE_MAIN, dst, metric: None, members: Vec::new() };
+    let mut cur: Option<MemberSpec> = None;
+    let mut single: Option<MemberSpec> = None;
+    let num = |tok: Option<&str>, key: &str| -> Result<u32, IntentError> {
+        let t = tok.ok_or_else(|| bad(W, format!("`{key}` needs a value")))?;
+        t.parse().map_err(|_| bad(W, format!("`{key} {t}`: `{t}` is not a number")))
+    };
+    while let Some(tok) = toks.next() {
+        match tok {
+            "table" => spec.table = num(toks.next(), "table")?,
+            "metric" | "priority" | "preference" => spec.metric = Some(num(toks.next(), tok)?),
+            "nexthop" => {
+                if single.is_some() {
+                    return Err(bad(W, "mixes single-path `via/dev` with `nexthop` members"));
+                }
+                if let Some(m) = cur.take() {
+                    spec.members.push(m);
+                }
+                cur = Some(MemberSpec { gateway: None, dev: String::new(), weight: 1 });
+            }
+            "via" | "dev" | "weight" => {
+                let target = match cur.as_mut() {
+                    Some(m) => m,
+                    None => single.get_or_insert(MemberSpec { gateway: None, dev: String::new(), weight: 1 }),
+                };
+                let v = toks.next().ok_or_else(|| bad(W, format!("`{tok}` needs a value")))?;
+                match tok {
+                    "via" => {
+                        let gw: IpAddr =
+                            v.parse().map_err(|_| bad(W, format!("`via {v}`: `{v}` is not an address")))?;
+                        if gw.is_ipv4() != dst.is_ipv4() {
+                            return Err(bad(W, format!("gateway {gw} is not of the family of {dst}")));
+                        }
+                        target.gateway = Some(gw);
+                    }
+                    "dev" => target.dev = v.to_string(),
+                    _ => {
+                        let w: u16 = v.parse().map_err(|_| bad(W, format!("`weight {v}` is not a number")))?;
+                        if w == 0 {
+                            return Err(bad(W, "weight must be at least 1"));
+                        }
+                        target.weight = w;
+                    }
+                }
+            }
+            other => return Err(bad(W, format!("unexpected `{other}`"))),
+        }
+    }
+    spec.members.extend(cur);
+    spec.members.extend(single);
+    if spec.members.is_empty() {
+        return Err(bad(W, "no nexthop given; expected `nexthop via GW dev DEV` (or `via GW dev DEV`)"));
+    }
+    if let Some(m) = spec.members.iter().find(|m| m.dev.is_empty()) {
+        let via = m.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        return Err(bad(W, format!("member{via} has no `dev`")));
+    }
+    Ok(spec)
+}
+
+/// Parses `KEY=VALUE` for `--sysctl`, accepting dotted or slashed names.
+pub fn parse_sysctl(text: &str) -> Result<Intent, IntentError> {
+    const W: &str = "--sysctl";
+    let (k, v) = text.split_once('=').ok_or_else(|| bad(W, format!("`{text}` is not KEY=VALUE")))?;
+    let key = k.trim().trim_start_matches("/proc/sys/").replace('/', ".");
+    let value = v.trim().to_string();
+    if !key.starts_with("net.") || key.split('.').any(str::is_empty) {
+        return Err(bad(W, format!("`{k}` is not a net.* sysctl name")));
+    }
+    if value.is_empty() || value.contains(char::is_whitespace) {
+        return Err(bad(W, format!("`{v}` is not a single value")));
+    }
+    Ok(Intent::Sysctl { key, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipath_form() {
+        let s = parse_route_replace(
+            "fd00:ecec:f::1/128 nexthop via fd00:1::2 dev r1 nexthop via fd00:2::2 dev r2 weight 3 metric 1024",
+        )
+        .unwrap();
+        assert_eq!(s.dst.to_string(), "fd00:ecec:f::1/128");
+        assert_eq!(s.table, 254);
+        assert_eq!(s.metric, Some(1024));
+        assert_eq!(s.members.len(), 2);
+        assert_eq!(s.members[1].dev, "r2");
+        assert_eq!(s.members[1].weight, 3);
+        assert_eq!(s.members[0].gateway, Some("fd00:1::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn single_path_form_and_host_bits() {
+        let s = parse_route_replace("10.1.2.3/16 via 192.0.2.1 dev eth0 table 100").unwrap();
+        assert_eq!(s.dst.to_string(), "10.1.0.0/16");
+        assert_eq!(s.table, 100);
+        assert_eq!(s.members.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_token() {
+        let e = |t: &str| parse_route_replace(t).unwrap_err().to_string();
+        assert!(e("").contains("empty"));
+        assert!(e("fd00::/129 dev x").contains("`fd00::/129` is not a prefix"));
+        assert!(e("fd00::/64 nexthop via nope dev x").contains("`nope` is not an address"));
+        assert!(e("fd00::/64 nexthop via 10.0.0.1 dev x").contains("not of the family"));
+        assert!(e("fd00::/64 nexthop via fd00::1").contains("has no `dev`"));
+        assert!(e("fd00::/64 nexthop via fd00::1 dev x bogus").contains("unexpected `bogus`"));
+        assert!(e("fd00::/64 table x nexthop dev y").contains("`table x`"));
+        assert!(e("fd00::/64 nexthop dev y weight 0").contains("at least 1"));
+        assert!(e("fd00::/64").contains("no nexthop"));
+        assert!(e("fd00::/64 via fd00::1 dev a nexthop via fd00::2 dev b").contains("mixes"));
+    }
+
+    #[test]
+    fn sysctl_forms() {
+        assert_eq!(
+            parse_sysctl("net.ipv6.conf.all.forwarding=1").unwrap(),
+            Intent::Sysctl { key: "net.ipv6.conf.all.forwarding".into(), value: "1".into() }
+        );
+        assert_eq!(
+            parse_sysctl("/proc/sys/net/ipv6/fib_multipath_hash_policy = 3").unwrap(),
+            Intent::Sysctl { key: "net.ipv6.fib_multipath_hash_policy".into(), value: "3".into() }
+        );
+        assert!(parse_sysctl("kernel.panic=1").is_err());
+        assert!(parse_sysctl("net.ipv6..x=1").is_err());
+        assert!(parse_sysctl("net.ipv6.x").is_err());
+    }
+}

@@ -1,0 +1,326 @@
+//! Policy: turns findings into one verdict per change.
+//!
+//! | verdict | meaning |
+//! |---|---|
+//! | allow | apply now |
+//! | delay | hold until nothing would break, or `max_delay` passes (then apply or expire per `on_timeout`) |
+//! | stage | apply a safe sequence: mitigation first, then the change, then verify |
+//! | veto  | refuse, with the reasons and the fixes |
+//!
+//! A hazard in `observe` mode never blocks: its verdict is reported as what
+//! *would* have happened (audit mode), and the change is allowed.
+
+pub mod intent;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hazards::{ecmp_rehash, Finding, Severity};
+
+/// Whether a hazard's verdicts are enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Report what would happen; allow the change.
+    Observe,
+    /// Act on the verdict.
+    #[default]
+    Enforce,
+}
+
+/// What to do with a change that would break something.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Refuse it.
+    #[default]
+    Veto,
+    /// Hold it until nothing would break.
+    Delay,
+    /// Apply it behind a mitigation.
+    Stage,
+}
+
+/// What a delayed change does when `max_delay` passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// Drop the change (nothing applied).
+    #[default]
+    Expire,
+    /// Apply it anyway.
+    Apply,
+}
+
+/// The ECMP stage plan's mitigation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageMitigation {
+    /// Switch to a hash without the source port, then apply.
+    #[default]
+    HashFields,
+    /// Convert to a resilient nexthop group first.
+    Resilient,
+}
+
+/// `[hazards.ecmp_rehash]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EcmpPolicy {
+    /// observe | enforce (applies to proposals; unplanned changes are
+    /// always only observed and reported).
+    pub mode: Mode,
+    /// veto | delay | stage.
+    pub action: Action,
+    /// Flows allowed to break before the action applies.
+    pub threshold: usize,
+    /// Longest a delayed or staged change waits.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// What a delay does when `max_delay` passes.
+    pub on_timeout: OnTimeout,
+    /// hash_fields | resilient.
+    pub stage_mitigation: StageMitigation,
+    /// `fib_multipath_hash_fields` the hash_fields stage sets (with policy 3).
+    pub hash_fields: u32,
+}
+
+impl Default for EcmpPolicy {
+    fn default() -> Self {
+        EcmpPolicy {
+            mode: Mode::Enforce,
+            action: Action::Veto,
+            threshold: 0,
+            max_delay: Duration::from_secs(600),
+            on_timeout: OnTimeout::Expire,
+            stage_mitigation: StageMitigation::HashFields,
+            hash_fields: 0x000f,
+        }
+    }
+}
+
+/// `[hazards]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HazardsConfig {
+    /// ECMP re-hash.
+    pub ecmp_rehash: EcmpPolicy,
+}
+
+impl HazardsConfig {
+    /// Relations types cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        let e = &self.ecmp_rehash;
+        if e.stage_mitigation == StageMitigation::Resilient {
+            return Err("key `hazards.ecmp_rehash.stage_mitigation`: \"resilient\" is not supported yet; \
+                        use \"hash_fields\""
+                .into());
+        }
+        if e.hash_fields & 0x0010 != 0 {
+            return Err(format!(
+                "key `hazards.ecmp_rehash.hash_fields` = {:#06x} includes the source port (0x0010), which is \
+                 what breaks local flows; use e.g. 0x000f",
+                e.hash_fields
+            ));
+        }
+        if e.hash_fields == 0 {
+            return Err("key `hazards.ecmp_rehash.hash_fields` must select at least one field".into());
+        }
+        Ok(())
+    }
+}
+
+/// The outcome for one change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "lowercase")]
+pub enum Verdict {
+    /// Apply now.
+    Allow,
+    /// Hold until nothing would break, at most `max_wait`.
+    Delay {
+        /// Longest wait.
+        #[serde(with = "humantime_serde")]
+        max_wait: Duration,
+        /// What is awaited.
+        reason: String,
+    },
+    /// Apply behind a mitigation.
+    Stage {
+        /// The plan, in order.
+        steps: Vec<String>,
+        /// Why.
+        reason: String,
+        /// What the plan changes besides the change itself.
+        side_effects: Vec<String>,
+    },
+    /// Refuse.
+    Veto {
+        /// Why.
+        reasons: Vec<String>,
+        /// What would make it safe.
+        fixes: Vec<String>,
+    },
+}
+
+impl Verdict {
+    /// `allow`, `delay`, `stage` or `veto`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Delay { .. } => "delay",
+            Verdict::Stage { .. } => "stage",
+            Verdict::Veto { .. } => "veto",
+        }
+    }
+}
+
+/// Verdict plus the findings behind it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// What happens.
+    pub verdict: Verdict,
+    /// In observe mode: what would have happened if enforced.
+    pub would_be: Option<Verdict>,
+    /// All findings, blocking or not.
+    pub findings: Vec<Finding>,
+}
+
+fn rank(a: Action) -> u8 {
+    match a {
+        Action::Delay => 0,
+        Action::Stage => 1,
+        Action::Veto => 2,
+    }
+}
+
+/// Decides a change from its findings.
+pub fn decide(findings: Vec<Finding>, cfg: &HazardsConfig) -> Decision {
+    let mut enforced: Option<Verdict> = None;
+    let mut observed: Option<Verdict> = None;
+    let blocking: Vec<&Finding> = findings.iter().filter(|f| f.severity == Severity::Critical).collect();
+    // One hazard today; the loop picks the strictest action when more
+    // hazards block the same change.
+    let mut best: Option<(Action, Mode)> = None;
+    for f in &blocking {
+        let (mode, action, threshold) = match f.hazard {
+            ecmp_rehash::NAME => (cfg.ecmp_rehash.mode, cfg.ecmp_rehash.action, cfg.ecmp_rehash.threshold),
+            _ => (Mode::Enforce, Action::Veto, 0),
+        };
+        if f.breaks <= threshold {
+            continue;
+        }
+        let key = (action, mode);
+        best = Some(match best {
+            Some(b) if rank(b.0) >= rank(action) && (b.1 == Mode::Enforce || mode == Mode::Observe) => b,
+            _ => key,
+        });
+    }
+    if let Some((action, mode)) = best {
+        let reasons: Vec<String> = blocking.iter().map(|f| f.summary.clone()).collect();
+        let v = match action {
+            Action::Veto => Verdict::Veto {
+                reasons,
+                fixes: blocking
+                    .iter()
+                    .flat_map(|f| f.mitigations.iter().map(|m| format!("{}: {}", m.name, m.description)))
+                    .collect(),
+            },
+            Action::Delay => Verdict::Delay {
+                max_wait: cfg.ecmp_rehash.max_delay,
+                reason: format!("waiting until nothing would break: {}", reasons.join("; ")),
+            },
+            Action::Stage => Verdict::Stage {
+                steps: vec![
+                    "wait until no established local flow rides an IPv6 multipath route (switching the hash \
+                     re-maps every such flow at its next invalidation)"
+                        .into(),
+                    format!(
+                        "set net.ipv6.fib_multipath_hash_policy=3 and net.ipv6.fib_multipath_hash_fields={:#06x}",
+                        cfg.ecmp_rehash.hash_fields
+                    ),
+                    "apply the change".into(),
+                    "verify the hash settings and the route".into(),
+                ],
+                reason: reasons.join("; "),
+                side_effects: vec![
+                    "the multipath hash policy is namespace-wide: forwarded IPv6 traffic is hashed without ports \
+                     (the flow label keeps entropy)"
+                        .into(),
+                ],
+            },
+        };
+        if mode == Mode::Enforce {
+            enforced = Some(v);
+        } else {
+            observed = Some(v);
+        }
+    }
+    Decision { verdict: enforced.unwrap_or(Verdict::Allow), would_be: observed, findings }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hazards::Finding;
+
+    fn finding(sev: Severity, breaks: usize) -> Finding {
+        Finding {
+            hazard: ecmp_rehash::NAME,
+            severity: sev,
+            summary: "moves 3 flows".into(),
+            breaks,
+            evidence: vec![],
+            mitigations: vec![],
+        }
+    }
+
+    #[test]
+    fn nothing_critical_is_allowed() {
+        let d = decide(vec![finding(Severity::Warning, 5)], &HazardsConfig::default());
+        assert_eq!(d.verdict, Verdict::Allow);
+        assert_eq!(d.findings.len(), 1);
+        assert_eq!(decide(vec![], &HazardsConfig::default()).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn actions_map_to_verdicts() {
+        let mut cfg = HazardsConfig::default();
+        assert_eq!(decide(vec![finding(Severity::Critical, 3)], &cfg).verdict.kind(), "veto");
+        cfg.ecmp_rehash.action = Action::Delay;
+        let d = decide(vec![finding(Severity::Critical, 3)], &cfg);
+        assert!(matches!(d.verdict, Verdict::Delay { max_wait, .. } if max_wait == Duration::from_secs(600)));
+        cfg.ecmp_rehash.action = Action::Stage;
+        let d = decide(vec![finding(Severity::Critical, 3)], &cfg);
+        match d.verdict {
+            Verdict::Stage { steps, side_effects, .. } => {
+                assert!(steps[1].contains("fib_multipath_hash_fields=0x000f"));
+                assert!(side_effects[0].contains("namespace-wide"));
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn threshold_and_observe_mode() {
+        let mut cfg = HazardsConfig::default();
+        cfg.ecmp_rehash.threshold = 3;
+        assert_eq!(decide(vec![finding(Severity::Critical, 3)], &cfg).verdict, Verdict::Allow);
+        assert_eq!(decide(vec![finding(Severity::Critical, 4)], &cfg).verdict.kind(), "veto");
+        cfg.ecmp_rehash.mode = Mode::Observe;
+        let d = decide(vec![finding(Severity::Critical, 4)], &cfg);
+        assert_eq!(d.verdict, Verdict::Allow);
+        assert_eq!(d.would_be.unwrap().kind(), "veto");
+    }
+
+    #[test]
+    fn validation_rejects_unsafe_or_unsupported_settings() {
+        let mut cfg = HazardsConfig::default();
+        assert!(cfg.validate().is_ok());
+        cfg.ecmp_rehash.hash_fields = 0x0037;
+        assert!(cfg.validate().unwrap_err().contains("source port"));
+        cfg.ecmp_rehash.hash_fields = 0x000f;
+        cfg.ecmp_rehash.stage_mitigation = StageMitigation::Resilient;
+        assert!(cfg.validate().unwrap_err().contains("not supported yet"));
+    }
+}
