@@ -11,7 +11,7 @@ use serde_json::Value;
 
 const WITHIN: Duration = Duration::from_secs(1);
 
-fn find<'a>(list: &'a Value, pred: impl Fn(&Value) -> bool) -> Option<&'a Value> {
+fn find(list: &Value, pred: impl Fn(&Value) -> bool) -> Option<&Value> {
     list.as_array()?.iter().find(|v| pred(v))
 }
 

@@ -113,6 +113,9 @@ pub struct KernelConfig {
     /// to absorb a full-table BGP convergence burst; an overrun costs a
     /// re-dump.
     pub netlink_rcvbuf: usize,
+    /// Watch outgoing TCP SYNs (AF_PACKET) to learn which multipath member
+    /// each new local flow uses.
+    pub observe_syns: bool,
 }
 
 /// `[api]`: the optional TCP listener. TCP is TLS-only.
@@ -158,6 +161,7 @@ impl Default for KernelConfig {
             sock_poll_interval: Duration::from_secs(1),
             sysctl_poll_interval: Duration::from_secs(2),
             netlink_rcvbuf: 64 << 20,
+            observe_syns: true,
         }
     }
 }
@@ -393,8 +397,7 @@ mod tests {
             .collect();
         let f = write(&uncommented);
         let c = Config::load(Some(f.path()), &[]).unwrap();
-        let mut expected = Config::default();
-        expected.api = c.api.clone();
+        let expected = Config { api: c.api.clone(), ..Config::default() };
         assert_eq!(c, expected);
         assert!(c.api.listen.is_some() && c.api.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
         // Every known key appears in the example.

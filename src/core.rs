@@ -19,11 +19,13 @@
 //! draining the kernel into the channel); it is replayed after the dump,
 //! which is what makes "subscribe, then dump" gap-free.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
 
 use backon::BackoffBuilder;
 use serde::Serialize;
@@ -31,8 +33,13 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::kernel::{dump, monitor, sockdiag, sysctl};
-use crate::model::{Applied, Change, Model, Resolved};
+use crate::hazards::{self, Context, Detector, Finding, KernelFacts, Severity};
+use crate::kernel::{dump, monitor, route_get, sockdiag, syn_observer, sysctl, writer};
+use crate::model::flows::{Flow, FlowKey, FlowTable, MemberId, Observation};
+use crate::model::{Applied, Change, Model, Resolved, TcpSocket};
+use crate::policy::intent::Intent;
+use crate::policy::{self, Decision, HazardsConfig, OnTimeout, Verdict};
+use crate::selftest::{self, SelftestReport};
 
 /// Capacity of the channel from the monitor thread, in datagrams.
 const MONITOR_QUEUE: usize = 4096;
@@ -55,6 +62,37 @@ pub enum Query {
         /// Reply: the route with members and interface names.
         reply: oneshot::Sender<Option<LookupResult>>,
     },
+    /// Current findings.
+    Findings {
+        /// Reply: findings and whether the model is stale.
+        reply: oneshot::Sender<(Vec<Finding>, bool)>,
+    },
+    /// The flow inventory.
+    Flows {
+        /// Only armed flows.
+        at_risk: bool,
+        /// Reply: flows and the kernel facts they were judged with.
+        reply: oneshot::Sender<(Vec<FlowView>, KernelFacts)>,
+    },
+    /// Dry run.
+    Evaluate {
+        /// The change.
+        intent: Intent,
+        /// Reply.
+        reply: oneshot::Sender<Decision>,
+    },
+    /// Judge and act.
+    Propose {
+        /// The change.
+        ask: ChangeAsk,
+        /// Reply, sent once the change was applied, held or refused.
+        reply: oneshot::Sender<ProposeOutcome>,
+    },
+    /// Held changes.
+    Pending {
+        /// Reply.
+        reply: oneshot::Sender<Vec<PendingView>>,
+    },
     /// Objects of one kind as JSON.
     Show {
         /// links, addresses, anycast, routes, nexthops, rules, sockets, sysctls.
@@ -64,6 +102,56 @@ pub enum Query {
         /// Reply, or an error naming the unknown kind.
         reply: oneshot::Sender<Result<Vec<Value>, String>>,
     },
+}
+
+/// A proposed change: what is asked and who asks.
+pub struct ChangeAsk {
+    /// The change.
+    pub intent: Intent,
+    /// Who asks (audit log).
+    pub requester: String,
+}
+
+/// What `Propose` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProposeOutcome {
+    /// The decision.
+    pub decision: Decision,
+    /// Change id (0 when nothing was recorded, i.e. a veto).
+    pub change_id: u64,
+    /// applied, pending, vetoed or failed.
+    pub outcome: &'static str,
+    /// Details (errors, what a pending change waits for).
+    pub message: String,
+}
+
+/// One flow as listed, with its verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowView {
+    /// The flow.
+    #[serde(flatten)]
+    pub flow: Flow,
+    /// Whether the next invalidation moves it.
+    pub armed: bool,
+    /// Interface names of the members, in member order.
+    pub ifnames: Vec<String>,
+}
+
+/// A change held by a delay or a stage plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct PendingView {
+    /// Id.
+    pub id: u64,
+    /// The change.
+    pub intent: Intent,
+    /// delay or stage.
+    pub verdict: &'static str,
+    /// What it waits for now.
+    pub state: String,
+    /// Seconds since it was proposed.
+    pub age_seconds: u64,
+    /// Seconds left before `max_delay` passes.
+    pub deadline_seconds: u64,
 }
 
 /// The kinds `Show` accepts.
@@ -88,6 +176,12 @@ pub struct StatusInfo {
     pub sysctls: std::collections::BTreeMap<String, String>,
     /// Duration of the last dump.
     pub last_dump: Duration,
+    /// Self-test state: disabled, running, done, failed: ...
+    pub selftest: String,
+    /// Held changes.
+    pub pending: usize,
+    /// Flows the next invalidation would move.
+    pub armed_flows: usize,
 }
 
 /// Answer to [`Query::Lookup`].
@@ -120,6 +214,21 @@ pub struct CoreSettings {
     pub sysctl_poll_interval: Duration,
     /// Root of the sysctl tree (normally /proc/sys).
     pub proc_sys: PathBuf,
+    /// Hazard policies.
+    pub hazards: HazardsConfig,
+    /// Self-test at start, and where its result is cached.
+    pub selftest: Option<SelftestSettings>,
+    /// Watch outgoing SYNs to learn which member new flows use.
+    pub observe_syns: bool,
+}
+
+/// How the daemon runs its self-test.
+#[derive(Clone, Debug)]
+pub struct SelftestSettings {
+    /// Connections per probe.
+    pub connections: u32,
+    /// Cache file (per boot and kernel).
+    pub cache: PathBuf,
 }
 
 /// Handles for talking to a running core.
@@ -133,7 +242,59 @@ pub struct CoreHandle {
     pub ready_rx: watch::Receiver<bool>,
     /// Monitor counters.
     pub monitor_stats: Arc<monitor::MonitorStats>,
+    /// The current findings, republished when they change.
+    pub findings_rx: watch::Receiver<Vec<Finding>>,
 }
+
+/// Inputs from the blocking helpers and writer tasks.
+enum Input {
+    Change(Change),
+    Tcp(sockdiag::TcpPoll),
+    Predictions(Vec<(FlowKey, Option<MemberId>)>),
+    Syn(Observation),
+    Selftest(Result<SelftestReport, String>),
+    /// A writer task finished applying change `id`.
+    Done {
+        id: u64,
+        result: Result<String, String>,
+    },
+}
+
+/// A held change.
+struct Pending {
+    id: u64,
+    ask: ChangeAsk,
+    plan: Plan,
+    since: Instant,
+    deadline: Instant,
+    on_timeout: OnTimeout,
+    /// A writer task is applying it.
+    applying: bool,
+    state: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Apply once nothing would break.
+    Delay,
+    /// Once no IPv6 flow rides a multipath route: set the port-free hash,
+    /// then apply.
+    StageHashFields(u32),
+}
+
+/// An unplanned kernel change that invalidated armed flows.
+struct Exposure {
+    cause: String,
+    flows: Vec<FlowKey>,
+    evidence: Vec<String>,
+    /// How many of them were gone once the socket polls settled.
+    died: Option<usize>,
+    /// Socket polls since the exposure.
+    polls: u8,
+}
+
+/// Most exposures remembered.
+const MAX_EXPOSURES: usize = 16;
 
 enum DumpMsg {
     Batch(Vec<Change>),
@@ -157,8 +318,19 @@ pub struct Core {
     events_tx: broadcast::Sender<ModelEvent>,
     ready_tx: watch::Sender<bool>,
     dump_tx: mpsc::Sender<DumpMsg>,
-    poll_tx: mpsc::Sender<Change>,
+    input_tx: mpsc::Sender<Input>,
     scratch: Vec<Applied>,
+    flows: FlowTable,
+    listening: BTreeSet<u16>,
+    selftest: Option<SelftestReport>,
+    selftest_state: String,
+    predicting: bool,
+    pending: BTreeMap<u64, Pending>,
+    next_change_id: u64,
+    missed_last_poll: HashSet<FlowKey>,
+    exposures: VecDeque<Exposure>,
+    findings_tx: watch::Sender<Vec<Finding>>,
+    detectors: Vec<Box<dyn Detector>>,
 }
 
 /// Starts the monitor (subscribing before anything is dumped) and the core
@@ -172,7 +344,27 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
     let (events_tx, _) = broadcast::channel(8192);
     let (ready_tx, ready_rx) = watch::channel(false);
     let (dump_tx, dump_rx) = mpsc::channel(64);
-    let (poll_tx, poll_rx) = mpsc::channel(16);
+    let (input_tx, input_rx) = mpsc::channel(1024);
+    let (findings_tx, findings_rx) = watch::channel(Vec::new());
+    if settings.observe_syns {
+        let (syn_tx, mut syn_rx) = mpsc::channel(4096);
+        match syn_observer::spawn(syn_tx) {
+            Ok(handle) => {
+                let tx = input_tx.clone();
+                tokio::spawn(async move {
+                    let _keep = handle;
+                    while let Some(s) = syn_rx.recv().await {
+                        let obs = Observation { local: s.local, remote: s.remote, ifindex: s.ifindex };
+                        if tx.send(Input::Syn(obs)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "SYN observer unavailable: flows' current members stay unknown"),
+        }
+    }
+    let selftest_state = if settings.selftest.is_some() { "running" } else { "disabled" };
     let core = Core {
         model: Model::default(),
         settings,
@@ -188,11 +380,22 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         events_tx: events_tx.clone(),
         ready_tx,
         dump_tx,
-        poll_tx,
+        input_tx,
         scratch: Vec::new(),
+        flows: FlowTable::default(),
+        listening: BTreeSet::new(),
+        selftest: None,
+        selftest_state: selftest_state.into(),
+        predicting: false,
+        pending: BTreeMap::new(),
+        next_change_id: 1,
+        missed_last_poll: HashSet::new(),
+        exposures: VecDeque::new(),
+        findings_tx,
+        detectors: hazards::all(),
     };
-    tokio::spawn(core.run(mon_rx, dump_rx, query_rx, poll_rx));
-    Ok(CoreHandle { query_tx, events_tx, ready_rx, monitor_stats: stats })
+    tokio::spawn(core.run(mon_rx, dump_rx, query_rx, input_rx));
+    Ok(CoreHandle { query_tx, events_tx, ready_rx, monitor_stats: stats, findings_rx })
 }
 
 impl Core {
@@ -201,9 +404,11 @@ impl Core {
         mut mon_rx: mpsc::Receiver<monitor::MonitorMsg>,
         mut dump_rx: mpsc::Receiver<DumpMsg>,
         mut query_rx: mpsc::Receiver<Query>,
-        mut poll_rx: mpsc::Receiver<Change>,
+        mut input_rx: mpsc::Receiver<Input>,
     ) {
         self.start_dump();
+        self.start_selftest();
+        let mut pending_tick = tokio::time::interval(Duration::from_millis(500));
         let mut sock_tick = tokio::time::interval(self.settings.sock_poll_interval);
         let mut sysctl_tick = tokio::time::interval(self.settings.sysctl_poll_interval);
         sock_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -227,10 +432,11 @@ impl Core {
                     }
                     None => { warn!("netlink monitor stopped; core stops"); return; }
                 },
-                Some(change) = poll_rx.recv() => {
-                    if matches!(change, Change::Sockets(_)) { sock_poll_busy = false; }
-                    self.apply_all(vec![change]);
+                Some(input) = input_rx.recv() => {
+                    if matches!(input, Input::Tcp(_)) { sock_poll_busy = false; }
+                    self.process_input(input);
                 }
+                _ = pending_tick.tick() => self.process_pending(),
                 _ = sock_tick.tick() => {
                     if !sock_poll_busy {
                         sock_poll_busy = true;
@@ -329,7 +535,22 @@ impl Core {
     fn apply_all(&mut self, changes: Vec<Change>) {
         let mut applied = std::mem::take(&mut self.scratch);
         for c in changes {
+            let scope = Invalidation::of(&c);
+            // A route, rule or nexthop notification means the kernel touched
+            // its FIB even when the content is identical (an identical
+            // replace is the classic trigger); an address notification only
+            // counts when the address set changed (flag and lifetime updates
+            // leave routes alone).
+            let always = matches!(scope, Invalidation::Route { .. } | Invalidation::Nexthops)
+                || matches!(c, Change::Rule(_) | Change::RuleGone(_));
+            let before = applied.len();
+            let cause = (scope != Invalidation::None).then(|| describe_change(&c));
             self.model.apply(c, &mut applied);
+            if always || applied.len() > before {
+                if let Some(cause) = cause {
+                    self.invalidate(scope, cause);
+                }
+            }
         }
         self.events_applied += applied.len() as u64;
         for a in applied.drain(..) {
@@ -348,11 +569,11 @@ impl Core {
     }
 
     fn spawn_sock_poll(&self) {
-        let tx = self.poll_tx.clone();
+        let tx = self.input_tx.clone();
         tokio::spawn(async move {
-            match tokio::task::spawn_blocking(sockdiag::established_tcp).await {
-                Ok(Ok(list)) => {
-                    let _ = tx.send(Change::Sockets(list)).await;
+            match tokio::task::spawn_blocking(sockdiag::poll_tcp).await {
+                Ok(Ok(poll)) => {
+                    let _ = tx.send(Input::Tcp(poll)).await;
                 }
                 Ok(Err(e)) => warn!(error = %e, "sock_diag poll failed"),
                 Err(e) => warn!(error = %e, "sock_diag task failed"),
@@ -363,10 +584,10 @@ impl Core {
     fn spawn_sysctl_read(&self) {
         let names: HashMap<String, u32> = self.model.links.values().map(|l| (l.name.clone(), l.ifindex)).collect();
         let root = self.settings.proc_sys.clone();
-        let tx = self.poll_tx.clone();
+        let tx = self.input_tx.clone();
         tokio::spawn(async move {
             if let Ok(s) = tokio::task::spawn_blocking(move || sysctl::read(&root, &names)).await {
-                let _ = tx.send(Change::Sysctls(s)).await;
+                let _ = tx.send(Input::Change(Change::Sysctls(s))).await;
             }
         });
     }
@@ -383,6 +604,9 @@ impl Core {
                     digest: digest.then(|| self.model.digest()),
                     sysctls: self.model.sysctl_map(),
                     last_dump: self.last_dump,
+                    selftest: self.selftest_state.clone(),
+                    pending: self.pending.len(),
+                    armed_flows: self.armed_count(),
                 });
             }
             Query::Lookup { addr, table, reply } => {
@@ -392,11 +616,506 @@ impl Core {
                 });
                 let _ = reply.send(r);
             }
+            Query::Findings { reply } => {
+                let _ = reply.send((self.findings(), self.stale));
+            }
+            Query::Flows { at_risk, reply } => {
+                let facts = self.facts();
+                let flows = self
+                    .flows
+                    .iter()
+                    .map(|f| FlowView {
+                        armed: f.armed(affected(&facts, f)),
+                        ifnames: f.members.iter().map(|m| self.model.ifname(m.ifindex)).collect(),
+                        flow: f.clone(),
+                    })
+                    .filter(|v| !at_risk || v.armed)
+                    .collect();
+                let _ = reply.send((flows, facts));
+            }
+            Query::Evaluate { intent, reply } => {
+                let d = self.decide(&intent);
+                info!(verdict = d.verdict.kind(), intent = ?intent, findings = d.findings.len(), "evaluated change");
+                let _ = reply.send(d);
+            }
+            Query::Propose { ask, reply } => self.propose(ask, reply),
+            Query::Pending { reply } => {
+                let now = Instant::now();
+                let list = self
+                    .pending
+                    .values()
+                    .map(|p| PendingView {
+                        id: p.id,
+                        intent: p.ask.intent.clone(),
+                        verdict: match p.plan {
+                            Plan::Delay => "delay",
+                            Plan::StageHashFields(_) => "stage",
+                        },
+                        state: p.state.clone(),
+                        age_seconds: now.duration_since(p.since).as_secs(),
+                        deadline_seconds: p.deadline.saturating_duration_since(now).as_secs(),
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
             Query::Show { kind, limit, reply } => {
                 let _ = reply.send(show(&self.model, &kind, limit));
             }
         }
     }
+}
+
+/// What a kernel change invalidates, per field-notes ("What invalidates
+/// the cached route of armed flows").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Invalidation {
+    None,
+    /// A route change: IPv6 flows whose route sits on the path from the
+    /// root to it (or that it captures), in its table; every IPv4 flow.
+    Route {
+        table: u32,
+        dst: IpNetwork,
+    },
+    /// Rule and address changes flush every cached route of the family.
+    Family {
+        v6: bool,
+    },
+    /// Nexthop object changes: flows over routes using nexthop objects.
+    Nexthops,
+}
+
+impl Invalidation {
+    fn of(c: &Change) -> Invalidation {
+        match c {
+            Change::Route(r) | Change::RouteGone(r) => Invalidation::Route { table: r.table, dst: r.dst },
+            Change::Rule(r) | Change::RuleGone(r) => Invalidation::Family { v6: r.family == 6 },
+            Change::Address(a) => Invalidation::Family { v6: a.key.address.is_ipv6() },
+            Change::AddressGone(k) => Invalidation::Family { v6: k.address.is_ipv6() },
+            Change::Nexthop(_) | Change::NexthopGone(_) => Invalidation::Nexthops,
+            _ => Invalidation::None,
+        }
+    }
+
+    fn hits(&self, f: &Flow) -> bool {
+        match *self {
+            Invalidation::None => false,
+            Invalidation::Route { table, dst } => {
+                if dst.is_ipv6() != f.is_v6() {
+                    return false;
+                }
+                if !f.is_v6() {
+                    return true;
+                }
+                let on_path = f.prefix.prefix() <= dst.prefix() && f.prefix.contains(dst.network());
+                f.table == table && (on_path || dst.contains(f.remote.ip()))
+            }
+            Invalidation::Family { v6 } => f.is_v6() == v6,
+            Invalidation::Nexthops => f.members.iter().any(|m| m.nhid.is_some()),
+        }
+    }
+}
+
+fn describe_change(c: &Change) -> String {
+    match c {
+        Change::Route(r) => format!("route {} changed", r.key_string()),
+        Change::RouteGone(r) => format!("route {} removed", r.key_string()),
+        Change::Rule(r) => format!("rule pref {} added (v{})", r.priority, r.family),
+        Change::RuleGone(r) => format!("rule pref {} removed (v{})", r.priority, r.family),
+        Change::Address(a) => format!("address {}/{} changed", a.key.address, a.key.prefix_len),
+        Change::AddressGone(k) => format!("address {}/{} removed", k.address, k.prefix_len),
+        Change::Nexthop(n) => format!("nexthop id {} changed", n.id),
+        Change::NexthopGone(id) => format!("nexthop id {id} removed"),
+        _ => "kernel change".into(),
+    }
+}
+
+fn affected(facts: &KernelFacts, f: &Flow) -> bool {
+    let fact = if f.is_v6() { facts.ecmp_v6_affected } else { facts.ecmp_v4_affected };
+    fact.unwrap_or(true)
+}
+
+impl Core {
+    fn process_input(&mut self, input: Input) {
+        match input {
+            Input::Change(c) => self.apply_all(vec![c]),
+            Input::Tcp(poll) => {
+                self.listening = poll.listening;
+                let established = self.debounce_sockets(poll.established);
+                self.apply_all(vec![Change::Sockets(established)]);
+                self.flows.sync(&self.model, &self.listening);
+                // Sockets leave the model one poll after they close (see
+                // debounce_sockets), so count the dead at the second poll.
+                for e in self.exposures.iter_mut().filter(|e| e.died.is_none()) {
+                    e.polls += 1;
+                    if e.polls >= 2 {
+                        let gone = e.flows.iter().filter(|k| !self.model.sockets.contains_key(k)).count();
+                        e.died = Some(gone);
+                        warn!(cause = %e.cause, exposed = e.flows.len(), died = gone, "ecmp_rehash: exposed flows re-checked");
+                    }
+                }
+                self.spawn_predictions();
+                self.process_pending();
+                self.publish_findings();
+            }
+            Input::Predictions(list) => {
+                self.predicting = false;
+                for (key, m) in list {
+                    if let Some(m) = m {
+                        self.flows.predict(&key, m);
+                    }
+                }
+                self.process_pending();
+                self.publish_findings();
+            }
+            Input::Syn(obs) => self.flows.observe(obs),
+            Input::Selftest(r) => {
+                match r {
+                    Ok(report) => {
+                        self.selftest_state = "done".into();
+                        info!(report = ?report.ecmp, "self-test done");
+                        self.selftest = Some(report);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "self-test failed; detectors assume the kernel is affected");
+                        self.selftest_state = format!("failed: {e}");
+                    }
+                }
+                self.publish_findings();
+            }
+            Input::Done { id, result } => self.finish_change(id, result),
+        }
+    }
+
+    /// A sock_diag dump walks the kernel's global TCP hash bucket by
+    /// bucket; sockets created or closed meanwhile (in any namespace) can
+    /// make it skip one of ours. A socket therefore counts as closed only
+    /// when two consecutive polls miss it, so a skipped flow keeps what is
+    /// known about it (its observed member above all).
+    fn debounce_sockets(&mut self, mut polled: Vec<TcpSocket>) -> Vec<TcpSocket> {
+        let seen: HashSet<_> = polled.iter().map(|s| s.key()).collect();
+        let mut missed_now = HashSet::new();
+        for (k, s) in &self.model.sockets {
+            if !seen.contains(k) && !self.missed_last_poll.contains(k) {
+                polled.push(s.clone());
+                missed_now.insert(*k);
+            }
+        }
+        self.missed_last_poll = missed_now;
+        polled
+    }
+
+    fn start_selftest(&mut self) {
+        let Some(st) = self.settings.selftest.clone() else { return };
+        let tx = self.input_tx.clone();
+        tokio::spawn(async move {
+            let r = tokio::task::spawn_blocking(move || selftest::cached_or_run(&st.cache, st.connections))
+                .await
+                .unwrap_or_else(|e| Err(format!("self-test task failed: {e}")));
+            let _ = tx.send(Input::Selftest(r)).await;
+        });
+    }
+
+    /// What the self-test says for the namespace's current hash settings.
+    fn facts(&self) -> KernelFacts {
+        let Some(report) = &self.selftest else { return KernelFacts::default() };
+        let s = &self.model.sysctls;
+        let v6 = report.ecmp.iter().find(|p| {
+            p.family == 6
+                && Some(p.policy) == s.hash_policy_v6
+                && (p.policy != 3 || p.fields.is_none() || p.fields == s.hash_fields_v6)
+        });
+        let v4 = report.ecmp.iter().find(|p| p.family == 4);
+        KernelFacts { ecmp_v6_affected: v6.and_then(|p| p.affected()), ecmp_v4_affected: v4.and_then(|p| p.affected()) }
+    }
+
+    fn armed_count(&self) -> usize {
+        let facts = self.facts();
+        self.flows.iter().filter(|f| f.armed(affected(&facts, f))).count()
+    }
+
+    fn invalidate(&mut self, scope: Invalidation, cause: String) {
+        let facts = self.facts();
+        let exposed = self.flows.invalidate(|f| affected(&facts, f), |f| scope.hits(f));
+        if exposed.is_empty() {
+            return;
+        }
+        let evidence: Vec<String> =
+            exposed.iter().map(|f| format!("tcp {} -> {} route {}", f.local, f.remote, f.prefix)).collect();
+        warn!(cause = %cause, exposed = exposed.len(), hazard = "ecmp_rehash", "unplanned change invalidated armed flows");
+        if self.exposures.len() >= MAX_EXPOSURES {
+            self.exposures.pop_front();
+        }
+        self.exposures.push_back(Exposure {
+            cause,
+            flows: exposed.iter().map(|f| f.key()).collect(),
+            evidence,
+            died: None,
+            polls: 0,
+        });
+        self.publish_findings();
+    }
+
+    fn spawn_predictions(&mut self) {
+        if self.predicting || self.flows.is_empty() {
+            return;
+        }
+        self.predicting = true;
+        let keys: Vec<FlowKey> = self.flows.iter().map(|f| f.key()).collect();
+        let probes: Vec<route_get::FlowKey> = self
+            .flows
+            .iter()
+            .map(|f| route_get::FlowKey {
+                src: f.local.ip(),
+                dst: f.remote.ip(),
+                sport: f.local.port(),
+                dport: f.remote.port(),
+                mark: f.mark,
+                oif: (f.bound_ifindex != 0).then_some(f.bound_ifindex),
+            })
+            .collect();
+        let tx = self.input_tx.clone();
+        tokio::spawn(async move {
+            let answers = tokio::task::spawn_blocking(move || match route_get::RouteProber::new() {
+                Ok(mut p) => p.select_many(&probes),
+                Err(e) => {
+                    warn!(error = %e, "route prober unavailable");
+                    Vec::new()
+                }
+            })
+            .await
+            .unwrap_or_default();
+            let list = keys
+                .into_iter()
+                .zip(answers.into_iter().map(|a| a.ok().map(|s| MemberId { gateway: s.gateway, ifindex: s.oif })))
+                .collect();
+            let _ = tx.send(Input::Predictions(list)).await;
+        });
+    }
+
+    fn context_findings(&self, intent: Option<&Intent>) -> Vec<Finding> {
+        let facts = self.facts();
+        let ctx = Context { model: &self.model, flows: &self.flows, kernel: &facts };
+        self.detectors
+            .iter()
+            .flat_map(|d| match intent {
+                Some(i) => d.evaluate(&ctx, i),
+                None => d.current(&ctx),
+            })
+            .collect()
+    }
+
+    fn findings(&self) -> Vec<Finding> {
+        let mut out = self.context_findings(None);
+        for e in &self.exposures {
+            let died = match e.died {
+                Some(d) => format!("{d} of them gone since"),
+                None => "re-checking which survived".into(),
+            };
+            out.push(Finding {
+                hazard: crate::hazards::ecmp_rehash::NAME,
+                severity: Severity::Critical,
+                summary: format!("observed: {} invalidated {} armed flow(s); {died}", e.cause, e.flows.len()),
+                breaks: e.died.unwrap_or(e.flows.len()),
+                evidence: e.evidence.clone(),
+                mitigations: Vec::new(),
+            });
+        }
+        out
+    }
+
+    fn publish_findings(&mut self) {
+        let f = self.findings();
+        self.findings_tx.send_if_modified(|cur| {
+            if *cur == f {
+                false
+            } else {
+                *cur = f;
+                true
+            }
+        });
+    }
+
+    fn decide(&self, intent: &Intent) -> Decision {
+        let mut d = policy::decide(self.context_findings(Some(intent)), &self.settings.hazards);
+        if self.stale {
+            // A stale model cannot show a change safe: hold it until the
+            // re-dump completes.
+            if d.verdict == Verdict::Allow {
+                d.verdict = Verdict::Delay {
+                    max_wait: self.settings.hazards.ecmp_rehash.max_delay,
+                    reason: "the model is stale (initial dump or re-dump after an overrun in progress)".into(),
+                };
+            }
+        }
+        d
+    }
+
+    fn propose(&mut self, ask: ChangeAsk, reply: oneshot::Sender<ProposeOutcome>) {
+        let decision = self.decide(&ask.intent);
+        info!(
+            verdict = decision.verdict.kind(),
+            requester = %ask.requester,
+            intent = ?ask.intent,
+            findings = decision.findings.len(),
+            "proposal judged"
+        );
+        let id = self.next_change_id;
+        match &decision.verdict {
+            Verdict::Veto { .. } => {
+                let _ =
+                    reply.send(ProposeOutcome { decision, change_id: 0, outcome: "vetoed", message: String::new() });
+            }
+            Verdict::Allow => {
+                self.next_change_id += 1;
+                self.spawn_apply(id, ask.intent.clone(), None, Some((reply, decision)));
+            }
+            Verdict::Delay { .. } | Verdict::Stage { .. } => {
+                self.next_change_id += 1;
+                let plan = match decision.verdict {
+                    Verdict::Stage { .. } => Plan::StageHashFields(self.settings.hazards.ecmp_rehash.hash_fields),
+                    _ => Plan::Delay,
+                };
+                let max_wait = match &decision.verdict {
+                    Verdict::Delay { max_wait, .. } => *max_wait,
+                    _ => self.settings.hazards.ecmp_rehash.max_delay,
+                };
+                let state = match plan {
+                    Plan::Delay => "waiting until no flow would move".to_string(),
+                    Plan::StageHashFields(_) => "waiting until no local flow rides an IPv6 multipath route".to_string(),
+                };
+                let now = Instant::now();
+                self.pending.insert(
+                    id,
+                    Pending {
+                        id,
+                        ask,
+                        plan,
+                        since: now,
+                        deadline: now + max_wait,
+                        on_timeout: self.settings.hazards.ecmp_rehash.on_timeout,
+                        applying: false,
+                        state: state.clone(),
+                    },
+                );
+                let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome: "pending", message: state });
+            }
+        }
+    }
+
+    /// Applies held changes whose condition holds; expires or forces the
+    /// ones past their deadline.
+    fn process_pending(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            let Some(p) = self.pending.get(&id) else { continue };
+            if p.applying {
+                continue;
+            }
+            let ready = match p.plan {
+                Plan::Delay => {
+                    !self.stale && !self.predicting_unknown() && self.decide(&p.ask.intent).verdict == Verdict::Allow
+                }
+                Plan::StageHashFields(_) => !self.stale && !self.flows.iter().any(|f| f.is_v6()),
+            };
+            let timed_out = now >= p.deadline;
+            if ready || (timed_out && p.on_timeout == OnTimeout::Apply) {
+                let intent = p.ask.intent.clone();
+                let pre = match p.plan {
+                    Plan::StageHashFields(fields) => Some(fields),
+                    Plan::Delay => None,
+                };
+                if let Some(p) = self.pending.get_mut(&id) {
+                    p.applying = true;
+                    p.state = if ready { "applying".into() } else { "max_delay passed: applying anyway".into() };
+                }
+                info!(change = id, forced = !ready, "held change released");
+                self.spawn_apply(id, intent, pre, None);
+            } else if timed_out {
+                warn!(change = id, "held change expired after max_delay; nothing applied");
+                self.pending.remove(&id);
+            }
+        }
+    }
+
+    /// Whether some flow still waits for its first prediction (then a
+    /// delayed change must not go yet: the flow could be armed).
+    fn predicting_unknown(&self) -> bool {
+        self.flows.iter().any(|f| f.after.is_none())
+    }
+
+    fn spawn_apply(
+        &mut self,
+        id: u64,
+        intent: Intent,
+        stage_fields: Option<u32>,
+        reply: Option<(oneshot::Sender<ProposeOutcome>, Decision)>,
+    ) {
+        let tx = self.input_tx.clone();
+        let root = self.settings.proc_sys.clone();
+        tokio::spawn(async move {
+            let result = apply_intent(&root, &intent, stage_fields).await;
+            match &result {
+                Ok(m) => info!(change = id, outcome = "applied", detail = %m, "change applied"),
+                Err(e) => warn!(change = id, outcome = "failed", error = %e, "change failed"),
+            }
+            if let Some((reply, decision)) = reply {
+                let (outcome, message) = match &result {
+                    Ok(m) => ("applied", m.clone()),
+                    Err(e) => ("failed", e.clone()),
+                };
+                let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome, message });
+            }
+            let _ = tx.send(Input::Done { id, result }).await;
+        });
+    }
+
+    fn finish_change(&mut self, id: u64, result: Result<String, String>) {
+        if self.pending.remove(&id).is_some() {
+            match result {
+                Ok(m) => info!(change = id, detail = %m, "held change applied"),
+                Err(e) => warn!(change = id, error = %e, "held change failed to apply"),
+            }
+        }
+    }
+}
+
+/// Executes an intent; for a hash-fields stage first switches the IPv6
+/// hash, then applies, then verifies the settings.
+async fn apply_intent(root: &std::path::Path, intent: &Intent, stage_fields: Option<u32>) -> Result<String, String> {
+    let mut notes = Vec::new();
+    if let Some(fields) = stage_fields {
+        let fields_s = fields.to_string();
+        // Fields first: policy 3 reads them, and both writes leave cached
+        // routes alone (field-notes: rewriting the policy broke nothing).
+        let prev_f =
+            writer::write_sysctl(root, "net.ipv6.fib_multipath_hash_fields", &fields_s).map_err(|e| e.to_string())?;
+        let prev_p =
+            writer::write_sysctl(root, "net.ipv6.fib_multipath_hash_policy", "3").map_err(|e| e.to_string())?;
+        notes.push(format!(
+            "net.ipv6.fib_multipath_hash_policy {prev_p} -> 3, fib_multipath_hash_fields {prev_f} -> {fields:#06x}"
+        ));
+    }
+    match intent {
+        Intent::RouteReplace(spec) => {
+            let names = writer::link_names().await.map_err(|e| e.to_string())?;
+            writer::route_replace(spec, &names).await.map_err(|e| e.to_string())?;
+            notes.push(format!("route {} replaced", spec.dst));
+        }
+        Intent::Sysctl { key, value } => {
+            let prev = writer::write_sysctl(root, key, value).map_err(|e| e.to_string())?;
+            notes.push(format!("{key} {prev} -> {value}"));
+        }
+    }
+    if let Some(fields) = stage_fields {
+        let p = writer::read_sysctl(root, "net.ipv6.fib_multipath_hash_policy").map_err(|e| e.to_string())?;
+        let f = writer::read_sysctl(root, "net.ipv6.fib_multipath_hash_fields").map_err(|e| e.to_string())?;
+        if p != "3" || crate::hazards::ecmp_rehash::parse_int(&f) != Some(fields) {
+            return Err(format!("verification failed: hash policy {p}, fields {f}"));
+        }
+        notes.push("verified hash settings".into());
+    }
+    Ok(notes.join("; "))
 }
 
 /// Renders model objects of one kind as JSON values.

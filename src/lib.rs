@@ -15,6 +15,7 @@ pub mod hazards;
 pub mod kernel;
 pub mod model;
 pub mod policy;
+pub mod selftest;
 
 /// Generated protobuf and gRPC code.
 #[allow(missing_docs, clippy::all)]

@@ -74,10 +74,100 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hazards present now, with evidence and mitigations.
+    Findings {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Locally-originated TCP flows over multipath routes.
+    Flows {
+        /// Only flows the next invalidation of their cached route would move.
+        #[arg(long)]
+        at_risk: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure in throw-away namespaces how this kernel treats established
+    /// flows on a multipath replace (no daemon needed).
+    Selftest {
+        /// Connections per probe.
+        #[arg(long, default_value_t = 30)]
+        connections: u32,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dry run: what a change would break and what the guard would do.
+    /// Exits 1 on veto.
+    Evaluate {
+        #[command(flatten)]
+        change: ChangeArgs,
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object (top-level `verdict`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Judge a change and act: apply, hold (delay/stage) or refuse.
+    /// Exits 1 when vetoed or when applying failed.
+    Propose {
+        #[command(flatten)]
+        change: ChangeArgs,
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object (top-level `verdict`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Changes held by a delay or a stage plan.
+    Pending {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dump the kernel once, without a daemon, and print the model digest
     /// and counts (compare with `status --digest`).
     #[command(hide = true)]
     DebugDigest,
+}
+
+/// One change, as exactly one of these flags.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ChangeArgs {
+    /// `PREFIX [table N] [metric N] nexthop via GW dev DEV [weight W] [nexthop ...]`
+    #[arg(long, value_name = "ROUTE")]
+    route_replace: Option<String>,
+    /// `KEY=VALUE`, e.g. net.ipv6.fib_multipath_hash_policy=3
+    #[arg(long, value_name = "KEY=VALUE")]
+    sysctl: Option<String>,
+}
+
+impl ChangeArgs {
+    fn to_request(&self) -> anyhow::Result<pb::ChangeRequest> {
+        use pb::change_request::Intent as I;
+        // Parse locally first so typos fail fast with the same message the
+        // daemon would give.
+        let intent = if let Some(r) = &self.route_replace {
+            routeguard::policy::intent::parse_route_replace(r)?;
+            I::RouteReplace(r.clone())
+        } else if let Some(s) = &self.sysctl {
+            routeguard::policy::intent::parse_sysctl(s)?;
+            I::Sysctl(s.clone())
+        } else {
+            anyhow::bail!("give --route-replace or --sysctl");
+        };
+        let requester = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default();
+        Ok(pb::ChangeRequest { intent: Some(intent), requester })
+    }
 }
 
 fn main() -> ExitCode {
@@ -104,6 +194,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Status { socket, json, digest } => status(socket.socket, json, digest).await,
         Command::Lookup { address, table, socket, json } => lookup(socket.socket, address, table, json).await,
         Command::Show { kind, limit, socket, json } => show(socket.socket, kind, limit, json).await,
+        Command::Findings { socket, json } => findings(socket.socket, json).await,
+        Command::Flows { at_risk, socket, json } => flows(socket.socket, at_risk, json).await,
+        Command::Selftest { connections, json } => selftest(connections, json).await,
+        Command::Evaluate { change, socket, json } => change_cmd(socket.socket, change, json, false).await,
+        Command::Propose { change, socket, json } => change_cmd(socket.socket, change, json, true).await,
+        Command::Pending { socket, json } => pending(socket.socket, json).await,
         Command::DebugDigest => debug_digest().await,
     }
 }
@@ -135,11 +231,19 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
         "routeguard starting (kernel-only mode: no FRR configured)"
     );
     let listener = routeguard::api::server::bind_unix(&cfg.socket).await?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", cfg.state_dir.display()))?;
     let core = core::start(CoreSettings {
         netlink_rcvbuf: cfg.kernel.netlink_rcvbuf,
         sock_poll_interval: cfg.kernel.sock_poll_interval,
         sysctl_poll_interval: cfg.kernel.sysctl_poll_interval,
         proc_sys: PathBuf::from("/proc/sys"),
+        hazards: cfg.hazards.clone(),
+        selftest: cfg.selftest.on_start.then(|| core::SelftestSettings {
+            connections: cfg.selftest.connections,
+            cache: cfg.state_dir.join("selftest.json"),
+        }),
+        observe_syns: cfg.kernel.observe_syns,
     })
     .context("cannot open the netlink monitor")?;
     let shutdown = async {
@@ -168,6 +272,7 @@ async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<
             "ready": s.ready, "stale": s.stale, "overruns": s.overruns, "resyncs": s.resyncs,
             "events_applied": s.events_applied, "frr_state": s.frr_state,
             "last_dump_ms": s.last_dump_ms, "counts": counts, "sysctls": sysctls,
+            "selftest": s.selftest, "pending": s.pending, "armed_flows": s.armed_flows,
         });
         if digest {
             v["model_digest"] = json!(s.model_digest);
@@ -183,7 +288,8 @@ async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<
             "current"
         };
         println!("model: {state}; overruns {}, resyncs {}, events {}", s.overruns, s.resyncs, s.events_applied);
-        println!("frr: {}", s.frr_state);
+        println!("frr: {}; self-test: {}", s.frr_state, s.selftest);
+        println!("armed flows: {}; pending changes: {}", s.armed_flows, s.pending);
         let mut counts: Vec<_> = s.counts.iter().collect();
         counts.sort();
         for (k, v) in counts {
@@ -257,5 +363,177 @@ async fn debug_digest() -> anyhow::Result<ExitCode> {
     })
     .await??;
     println!("{}", json!({"model_digest": model.digest(), "counts": model.counts()}));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn finding_json(f: &pb::Finding) -> serde_json::Value {
+    json!({
+        "hazard": f.hazard, "severity": f.severity, "summary": f.summary, "breaks": f.breaks,
+        "evidence": f.evidence,
+        "mitigations": f.mitigations.iter().map(|m| json!({"name": m.name, "description": m.description, "side_effects": m.side_effects})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_finding(f: &pb::Finding) {
+    println!("[{}] {}: {}", f.severity, f.hazard, f.summary);
+    for e in &f.evidence {
+        println!("    {e}");
+    }
+    for m in &f.mitigations {
+        println!("  fix {}: {} (side effects: {})", m.name, m.description, m.side_effects);
+    }
+}
+
+async fn findings(socket: PathBuf, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut c = routeguard::client::connect(&socket).await?;
+    let r = c.list_findings(pb::ListFindingsRequest {}).await.map_err(status_err)?.into_inner();
+    if as_json {
+        let list: Vec<_> = r.findings.iter().map(finding_json).collect();
+        println!("{}", json!({"stale": r.stale, "findings": list}));
+    } else if r.findings.is_empty() {
+        println!("no hazards found{}", if r.stale { " (model stale)" } else { "" });
+    } else {
+        r.findings.iter().for_each(print_finding);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn member_str(m: &Option<pb::FlowMember>) -> String {
+    match m {
+        Some(m) if m.gateway.is_empty() => format!("dev {}", m.ifname),
+        Some(m) => format!("{} dev {}", m.gateway, m.ifname),
+        None => "unknown".into(),
+    }
+}
+
+async fn flows(socket: PathBuf, at_risk: bool, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut c = routeguard::client::connect(&socket).await?;
+    let r = c.list_flows(pb::ListFlowsRequest { at_risk }).await.map_err(status_err)?.into_inner();
+    if as_json {
+        let m = |m: &Option<pb::FlowMember>| {
+            m.as_ref().map(|m| json!({"gateway": m.gateway, "ifname": m.ifname, "ifindex": m.ifindex}))
+        };
+        let list: Vec<_> = r
+            .flows
+            .iter()
+            .map(|f| {
+                let (la, lp) = split_sockaddr(&f.local);
+                let (ra, rp) = split_sockaddr(&f.remote);
+                json!({
+                    "local": f.local, "remote": f.remote,
+                    "local_address": la, "local_port": lp, "remote_address": ra, "remote_port": rp,
+                    "prefix": f.prefix, "table": f.table, "armed": f.armed,
+                    "members": f.members.iter().map(|x| json!({"gateway": x.gateway, "ifname": x.ifname, "weight": x.weight})).collect::<Vec<_>>(),
+                    "current": m(&f.current), "after": m(&f.after),
+                })
+            })
+            .collect();
+        println!("{}", json!({"kernel_v6": r.kernel_v6, "kernel_v4": r.kernel_v4, "flows": list}));
+    } else {
+        println!("kernel (self-test, current hash settings): ipv6 {}, ipv4 {}", r.kernel_v6, r.kernel_v4);
+        for f in &r.flows {
+            let mark = if f.armed { "ARMED" } else { "ok" };
+            println!(
+                "{mark:<5} {} -> {} via {}: now {}, after {}",
+                f.local,
+                f.remote,
+                f.prefix,
+                member_str(&f.current),
+                member_str(&f.after)
+            );
+        }
+        if r.flows.is_empty() {
+            println!("no {}flows over multipath routes", if at_risk { "armed " } else { "" });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn split_sockaddr(s: &str) -> (String, u16) {
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), a.port()),
+        Err(_) => (s.to_string(), 0),
+    }
+}
+
+async fn selftest(connections: u32, as_json: bool) -> anyhow::Result<ExitCode> {
+    let report = tokio::task::spawn_blocking(move || routeguard::selftest::run(connections)).await??;
+    if as_json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("kernel {} ({} ms)", report.kernel, report.elapsed_ms);
+        for p in &report.ecmp {
+            println!("  {}", p.describe());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn change_cmd(socket: PathBuf, change: ChangeArgs, as_json: bool, propose: bool) -> anyhow::Result<ExitCode> {
+    let req = change.to_request()?;
+    let mut c = routeguard::client::connect(&socket).await?;
+    let d = if propose { c.propose(req).await } else { c.evaluate(req).await }.map_err(status_err)?.into_inner();
+    let failed = d.verdict == "veto" || d.outcome == "failed";
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "verdict": d.verdict, "outcome": d.outcome, "change_id": d.change_id, "message": d.message,
+                "reasons": d.reasons, "fixes": d.fixes, "steps": d.steps, "side_effects": d.side_effects,
+                "max_wait_seconds": d.max_wait_seconds, "would_be": d.would_be,
+                "findings": d.findings.iter().map(finding_json).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        println!("verdict: {} ({})", d.verdict, d.outcome);
+        if !d.would_be.is_empty() {
+            println!("observe mode: enforced, the verdict would be {}", d.would_be);
+        }
+        for r in &d.reasons {
+            println!("  reason: {r}");
+        }
+        for (i, s) in d.steps.iter().enumerate() {
+            println!("  step {}: {s}", i + 1);
+        }
+        for s in &d.side_effects {
+            println!("  side effect: {s}");
+        }
+        for f in &d.fixes {
+            println!("  fix: {f}");
+        }
+        if d.change_id != 0 {
+            println!("change {}: {}", d.change_id, d.message);
+        } else if !d.message.is_empty() {
+            println!("{}", d.message);
+        }
+        d.findings.iter().for_each(print_finding);
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+async fn pending(socket: PathBuf, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut c = routeguard::client::connect(&socket).await?;
+    let r = c.list_pending(pb::ListPendingRequest {}).await.map_err(status_err)?.into_inner();
+    if as_json {
+        let list: Vec<_> = r
+            .changes
+            .iter()
+            .map(|p| {
+                let intent: serde_json::Value = serde_json::from_str(&p.intent).unwrap_or(json!(p.intent));
+                json!({"id": p.id, "intent": intent, "verdict": p.verdict, "state": p.state,
+                       "age_seconds": p.age_seconds, "deadline_seconds": p.deadline_seconds})
+            })
+            .collect();
+        println!("{}", json!({"pending": list}));
+    } else if r.changes.is_empty() {
+        println!("no pending changes");
+    } else {
+        for p in &r.changes {
+            println!(
+                "{} [{}] {} ({}s old, {}s left): {}",
+                p.id, p.verdict, p.state, p.age_seconds, p.deadline_seconds, p.intent
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

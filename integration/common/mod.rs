@@ -3,6 +3,8 @@
 //! started inside one, and the CLI driven with `--json`.
 #![allow(dead_code)]
 
+pub mod ecmp_lab;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -125,6 +127,8 @@ impl Daemon {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name, bin(), "run", "--socket"]).arg(&socket).args(args);
         cmd.env("ROUTEGUARD_STATE_DIR", dir.path().join("state"));
+        // Labs that need the kernel self-test turn it on explicitly.
+        cmd.env("ROUTEGUARD_SELFTEST__ON_START", "false");
         for (k, v) in env {
             cmd.env(k, v);
         }

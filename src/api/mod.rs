@@ -11,8 +11,26 @@ use futures::Stream;
 use tokio::sync::{broadcast, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::core::{CoreHandle, LookupResult, Query};
+use crate::core::{ChangeAsk, CoreHandle, LookupResult, Query};
+use crate::hazards::Finding;
+use crate::model::flows::MemberId;
+use crate::policy::intent::{parse_route_replace, parse_sysctl, Intent};
+use crate::policy::{Decision, Verdict};
 use crate::proto::guard as pb;
+
+/// Who sent a change: the request's `requester` when set, else the unix
+/// peer's uid (recorded in the audit log with every verdict).
+fn requester_of(req: &Request<pb::ChangeRequest>) -> String {
+    let named = req.get_ref().requester.trim();
+    if !named.is_empty() {
+        return named.to_string();
+    }
+    req.extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| format!("uid {}", c.uid()))
+        .unwrap_or_else(|| "unknown".into())
+}
 
 /// Most objects one `Show` call returns when the request sets no limit.
 pub const DEFAULT_SHOW_LIMIT: usize = 10_000;
@@ -102,6 +120,82 @@ pub fn protocol_name(p: u8) -> String {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ModelEvent, Status>> + Send>>;
+type FindingsStream = Pin<Box<dyn Stream<Item = Result<pb::ListFindingsResponse, Status>> + Send>>;
+
+/// Findings to proto.
+pub fn finding_to_pb(f: &Finding) -> pb::Finding {
+    pb::Finding {
+        hazard: f.hazard.into(),
+        severity: serde_json::to_value(f.severity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        summary: f.summary.clone(),
+        breaks: f.breaks as u64,
+        evidence: f.evidence.clone(),
+        mitigations: f
+            .mitigations
+            .iter()
+            .map(|m| pb::Mitigation {
+                name: m.name.into(),
+                description: m.description.clone(),
+                side_effects: m.side_effects.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn decision_to_pb(d: &Decision) -> pb::Decision {
+    let mut out = pb::Decision {
+        verdict: d.verdict.kind().into(),
+        would_be: d.would_be.as_ref().map(|v| v.kind().to_string()).unwrap_or_default(),
+        findings: d.findings.iter().map(finding_to_pb).collect(),
+        outcome: "evaluated".into(),
+        ..Default::default()
+    };
+    match &d.verdict {
+        Verdict::Allow => {}
+        Verdict::Delay { max_wait, reason } => {
+            out.max_wait_seconds = max_wait.as_secs();
+            out.reasons = vec![reason.clone()];
+        }
+        Verdict::Stage { steps, reason, side_effects } => {
+            out.steps = steps.clone();
+            out.reasons = vec![reason.clone()];
+            out.side_effects = side_effects.clone();
+        }
+        Verdict::Veto { reasons, fixes } => {
+            out.reasons = reasons.clone();
+            out.fixes = fixes.clone();
+        }
+    }
+    out
+}
+
+/// Parses the intent of a change request, naming the bad input.
+pub fn intent_of(req: &pb::ChangeRequest) -> Result<Intent, Status> {
+    use pb::change_request::Intent as I;
+    match &req.intent {
+        Some(I::RouteReplace(s)) => parse_route_replace(s).map(Intent::RouteReplace),
+        Some(I::Sysctl(s)) => parse_sysctl(s),
+        None => return Err(Status::invalid_argument("no change given: set route_replace or sysctl")),
+    }
+    .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn member_pb(m: &Option<MemberId>, model_names: &[(u32, String)]) -> Option<pb::FlowMember> {
+    m.as_ref().map(|m| pb::FlowMember {
+        gateway: m.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        ifindex: m.ifindex,
+        ifname: model_names.iter().find(|(i, _)| *i == m.ifindex).map(|(_, n)| n.clone()).unwrap_or_default(),
+    })
+}
+
+fn fact_name(f: Option<bool>) -> String {
+    match f {
+        Some(true) => "affected",
+        Some(false) => "unaffected",
+        None => "unknown",
+    }
+    .into()
+}
 
 #[tonic::async_trait]
 impl pb::guard_server::Guard for GuardService {
@@ -122,6 +216,9 @@ impl pb::guard_server::Guard for GuardService {
             sysctls: s.sysctls.into_iter().collect(),
             last_dump_ms: s.last_dump.as_millis() as u64,
             ready: *self.core.ready_rx.borrow(),
+            selftest: s.selftest,
+            pending: s.pending as u64,
+            armed_flows: s.armed_flows as u64,
         }))
     }
 
@@ -152,6 +249,112 @@ impl pb::guard_server::Guard for GuardService {
         let limit = if req.limit == 0 { DEFAULT_SHOW_LIMIT } else { req.limit as usize };
         let objs = self.ask(|reply| Query::Show { kind, limit, reply }).await?.map_err(Status::invalid_argument)?;
         Ok(Response::new(pb::ShowResponse { objects_json: objs.iter().map(|v| v.to_string()).collect() }))
+    }
+
+    async fn list_findings(
+        &self,
+        _req: Request<pb::ListFindingsRequest>,
+    ) -> Result<Response<pb::ListFindingsResponse>, Status> {
+        let (findings, stale) = self.ask(|reply| Query::Findings { reply }).await?;
+        Ok(Response::new(pb::ListFindingsResponse { findings: findings.iter().map(finding_to_pb).collect(), stale }))
+    }
+
+    type WatchFindingsStream = FindingsStream;
+
+    async fn watch_findings(
+        &self,
+        _req: Request<pb::ListFindingsRequest>,
+    ) -> Result<Response<Self::WatchFindingsStream>, Status> {
+        let mut rx = self.core.findings_rx.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let snapshot: Vec<pb::Finding> = rx.borrow_and_update().iter().map(finding_to_pb).collect();
+                if tx.send(Ok(pb::ListFindingsResponse { findings: snapshot, stale: false })).await.is_err() {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+    }
+
+    async fn list_flows(&self, req: Request<pb::ListFlowsRequest>) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        let at_risk = req.into_inner().at_risk;
+        let (flows, facts) = self.ask(|reply| Query::Flows { at_risk, reply }).await?;
+        let flows = flows
+            .into_iter()
+            .map(|v| {
+                let names: Vec<(u32, String)> =
+                    v.flow.members.iter().map(|m| m.ifindex).zip(v.ifnames.iter().cloned()).collect();
+                pb::Flow {
+                    local: v.flow.local.to_string(),
+                    remote: v.flow.remote.to_string(),
+                    prefix: v.flow.prefix.to_string(),
+                    table: v.flow.table,
+                    members: v
+                        .flow
+                        .members
+                        .iter()
+                        .zip(&v.ifnames)
+                        .map(|(m, n)| pb::Member {
+                            gateway: m.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                            ifindex: m.ifindex,
+                            ifname: n.clone(),
+                            weight: u32::from(m.weight),
+                            nhid: m.nhid.unwrap_or(0),
+                        })
+                        .collect(),
+                    current: member_pb(&v.flow.current, &names),
+                    after: member_pb(&v.flow.after, &names),
+                    armed: v.armed,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListFlowsResponse {
+            flows,
+            kernel_v6: fact_name(facts.ecmp_v6_affected),
+            kernel_v4: fact_name(facts.ecmp_v4_affected),
+        }))
+    }
+
+    async fn evaluate(&self, req: Request<pb::ChangeRequest>) -> Result<Response<pb::Decision>, Status> {
+        let intent = intent_of(req.get_ref())?;
+        let d = self.ask(|reply| Query::Evaluate { intent, reply }).await?;
+        Ok(Response::new(decision_to_pb(&d)))
+    }
+
+    async fn propose(&self, req: Request<pb::ChangeRequest>) -> Result<Response<pb::Decision>, Status> {
+        let requester = requester_of(&req);
+        let intent = intent_of(req.get_ref())?;
+        let o = self.ask(|reply| Query::Propose { ask: ChangeAsk { intent, requester }, reply }).await?;
+        let mut d = decision_to_pb(&o.decision);
+        d.change_id = o.change_id;
+        d.outcome = o.outcome.into();
+        d.message = o.message;
+        Ok(Response::new(d))
+    }
+
+    async fn list_pending(
+        &self,
+        _req: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<pb::ListPendingResponse>, Status> {
+        let list = self.ask(|reply| Query::Pending { reply }).await?;
+        Ok(Response::new(pb::ListPendingResponse {
+            changes: list
+                .into_iter()
+                .map(|p| pb::PendingChange {
+                    id: p.id,
+                    intent: serde_json::to_string(&p.intent).unwrap_or_default(),
+                    verdict: p.verdict.into(),
+                    state: p.state,
+                    age_seconds: p.age_seconds,
+                    deadline_seconds: p.deadline_seconds,
+                })
+                .collect(),
+        }))
     }
 
     type WatchEventsStream = EventStream;

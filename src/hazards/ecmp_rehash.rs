@@ -9,11 +9,15 @@
 //! devices per path) the flow dies with RST. IPv4 re-looks-up once the port
 //! is known, so it is not affected.
 //!
-//! **Kernels.** Under L4 hashing (IPv6 `fib_multipath_hash_policy` 1, or 3
-//! with the source port in the fields) on every kernel measured (5.10, 6.1,
-//! 6.18); under L3 hashing also on older kernels (5.10) where the first
-//! lookup used source `::`. The daemon does not trust this list: the
-//! self-test measures the running kernel and [`KernelFacts`] carries it.
+//! **Kernels.** The connect-time lookup hashes neither the socket's real
+//! source port nor (measured on 6.18 and 5.10) its real source address, so
+//! every IPv6 hash that includes either is affected: L4 (policy 1), L3
+//! (policy 0: with one destination all flows break or none, per boot; the
+//! self-test spreads flows over 10 destinations and measured 24/30 broken
+//! on 6.18) and policy 3 with fields containing 0x01 or 0x10. Fields
+//! without both (0x000e: dst, proto, flowlabel) measured 0/30. The daemon
+//! does not trust this list: the self-test measures the running kernel and
+//! [`KernelFacts`] carries it.
 //!
 //! **Evidence.** Per flow: its route and members, the member it uses now
 //! (observed from its SYN leaving the box) and the member the kernel
@@ -32,13 +36,14 @@
 //!   changes; which flows move cannot be computed without the kernel's hash,
 //!   so every flow on it counts as at risk (a limit, stated in the finding);
 //! - anything in another table: nothing (separate tree).
+//!
 //! For IPv4 any route change invalidates every cached route, but flows
 //! already use their real-keys member, so only observed mismatches count.
 //! A hash-policy or hash-fields sysctl change re-maps every IPv6 flow at its
 //! next invalidation.
 //!
 //! **Mitigations.** Wait until armed flows drain (delay); switch the
-//! namespace to a hash without the source port (policy 3, fields 0x000F:
+//! namespace to a hash without source address and port (policy 3, fields 0x000e:
 //! namespace-wide, forwarded traffic too) at a moment with no flows to
 //! move; resilient nexthop groups (limit re-mapping when members change; do
 //! not fix the source-port problem); bind source address and port before
@@ -69,10 +74,10 @@ fn mitigations() -> Vec<Mitigation> {
         },
         Mitigation {
             name: "hash_fields",
-            description: "net.ipv6.fib_multipath_hash_policy=3 with fib_multipath_hash_fields=0x000f \
-                          (src, dst, proto, flowlabel: no source port), set while no flow can move"
+            description: "net.ipv6.fib_multipath_hash_policy=3 with fib_multipath_hash_fields=0x000e \
+                          (dst, proto, flowlabel: no source address, no source port), set while no flow can move"
                 .into(),
-            side_effects: "namespace-wide: forwarded IPv6 traffic is hashed on the flow label instead of ports".into(),
+            side_effects: "namespace-wide: forwarded IPv6 traffic is hashed on destination and flow label".into(),
         },
         Mitigation {
             name: "resilient",

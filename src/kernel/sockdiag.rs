@@ -1,6 +1,7 @@
 //! Established TCP sockets through sock_diag (NETLINK_SOCK_DIAG), IPv4 and
 //! IPv6. Polled: the kernel has no notification for socket state changes.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 
@@ -14,19 +15,32 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
 use crate::model::TcpSocket;
 
-/// Lists every established TCP socket of the namespace.
-pub fn established_tcp() -> io::Result<Vec<TcpSocket>> {
+/// TCP_LISTEN in `enum tcp_state`.
+const TCP_LISTEN: u8 = 10;
+
+/// One poll: established sockets and the local ports that have a listener
+/// (sockets on those ports were accepted, not originated here).
+#[derive(Debug, Default)]
+pub struct TcpPoll {
+    /// Established sockets.
+    pub established: Vec<TcpSocket>,
+    /// Local ports of listening sockets.
+    pub listening: BTreeSet<u16>,
+}
+
+/// Lists every established and listening TCP socket of the namespace.
+pub fn poll_tcp() -> io::Result<TcpPoll> {
     let mut sock = Socket::new(NETLINK_SOCK_DIAG)?;
     sock.bind_auto()?;
     sock.connect(&NlAddr::new(0, 0))?;
-    let mut out = Vec::new();
+    let mut out = TcpPoll::default();
     for (family, id) in [(AF_INET, SocketId::new_v4()), (AF_INET6, SocketId::new_v6())] {
         dump_family(&sock, family, id, &mut out)?;
     }
     Ok(out)
 }
 
-fn dump_family(sock: &Socket, family: u8, id: SocketId, out: &mut Vec<TcpSocket>) -> io::Result<()> {
+fn dump_family(sock: &Socket, family: u8, id: SocketId, out: &mut TcpPoll) -> io::Result<()> {
     let mut hdr = NetlinkHeader::default();
     hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut packet = NetlinkMessage::new(
@@ -35,7 +49,7 @@ fn dump_family(sock: &Socket, family: u8, id: SocketId, out: &mut Vec<TcpSocket>
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
-            states: StateFlags::ESTABLISHED,
+            states: StateFlags::ESTABLISHED | StateFlags::LISTEN,
             socket_id: id,
         })
         .into(),
@@ -53,6 +67,9 @@ fn dump_family(sock: &Socket, family: u8, id: SocketId, out: &mut Vec<TcpSocket>
             let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[offset..n])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {e}")))?;
             let len = msg.header.length as usize;
+            if len == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "sock_diag: zero-length message"));
+            }
             match msg.payload {
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => {
@@ -60,11 +77,16 @@ fn dump_family(sock: &Socket, family: u8, id: SocketId, out: &mut Vec<TcpSocket>
                 }
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let id = &r.header.socket_id;
+                    if r.header.state == TCP_LISTEN {
+                        out.listening.insert(id.source_port);
+                        offset += (len + 3) & !3;
+                        continue;
+                    }
                     let mark = r.nlas.iter().find_map(|n| match n {
                         Nla::Mark(m) => Some(*m),
                         _ => None,
                     });
-                    out.push(TcpSocket {
+                    out.established.push(TcpSocket {
                         local: SocketAddr::new(id.source_address, id.source_port),
                         remote: SocketAddr::new(id.destination_address, id.destination_port),
                         bound_ifindex: id.interface_id,
@@ -74,9 +96,6 @@ fn dump_family(sock: &Socket, family: u8, id: SocketId, out: &mut Vec<TcpSocket>
                     });
                 }
                 _ => {}
-            }
-            if len == 0 {
-                break;
             }
             offset += (len + 3) & !3;
         }
