@@ -77,8 +77,38 @@ pub struct Config {
     pub api: ApiConfig,
     /// Kernel self-test.
     pub selftest: SelftestConfig,
+    /// FRR.
+    pub frr: FrrConfig,
     /// Hazard policies.
     pub hazards: crate::policy::HazardsConfig,
+}
+
+/// `[frr]`: how the guard reaches FRR. Without FRR (vtysh missing or
+/// failing) the guard runs in kernel-only mode and says so in `status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrrConfig {
+    /// The vtysh binary.
+    pub vtysh: PathBuf,
+    /// Passed as `--vty_socket` when not empty.
+    pub vty_socket_dir: PathBuf,
+    /// How often BGP neighbors are read.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Longest one vtysh call may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for FrrConfig {
+    fn default() -> Self {
+        FrrConfig {
+            vtysh: PathBuf::from("vtysh"),
+            vty_socket_dir: PathBuf::from("/var/run/frr"),
+            poll_interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `[selftest]`.
@@ -150,6 +180,7 @@ impl Default for Config {
             kernel: KernelConfig::default(),
             api: ApiConfig::default(),
             selftest: SelftestConfig::default(),
+            frr: FrrConfig::default(),
             hazards: crate::policy::HazardsConfig::default(),
         }
     }
@@ -283,6 +314,12 @@ impl Config {
             return Err("key `kernel.netlink_rcvbuf` must be at least 4096 bytes".into());
         }
         self.hazards.validate()?;
+        if self.frr.poll_interval < Duration::from_millis(100) {
+            return Err("key `frr.poll_interval` must be at least 100ms".into());
+        }
+        if self.frr.timeout.is_zero() {
+            return Err("key `frr.timeout` must be more than 0".into());
+        }
         if self.selftest.connections == 0 || self.selftest.connections > 1000 {
             return Err("key `selftest.connections` must be between 1 and 1000".into());
         }

@@ -33,11 +33,14 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::frr::vtysh::Vtysh;
 use crate::hazards::{self, Context, Detector, Finding, KernelFacts, Severity};
 use crate::kernel::{dump, monitor, route_get, sockdiag, syn_observer, sysctl, writer};
 use crate::model::flows::{Flow, FlowKey, FlowTable, MemberId, Observation};
+use crate::model::peers::{self, Peer, PeerView};
 use crate::model::{Applied, Change, Model, Resolved, TcpSocket};
 use crate::policy::intent::Intent;
+use crate::policy::Staging;
 use crate::policy::{self, Decision, HazardsConfig, OnTimeout, Verdict};
 use crate::selftest::{self, SelftestReport};
 
@@ -92,6 +95,11 @@ pub enum Query {
     Pending {
         /// Reply.
         reply: oneshot::Sender<Vec<PendingView>>,
+    },
+    /// BGP peers and where the kernel reaches them.
+    Peers {
+        /// Reply: peers and FRR's state.
+        reply: oneshot::Sender<(Vec<PeerView>, String)>,
     },
     /// Objects of one kind as JSON.
     Show {
@@ -182,6 +190,10 @@ pub struct StatusInfo {
     pub pending: usize,
     /// Flows the next invalidation would move.
     pub armed_flows: usize,
+    /// FRR: up, or why not.
+    pub frr_state: String,
+    /// Latest remediations (newest last).
+    pub remediations: Vec<String>,
 }
 
 /// Answer to [`Query::Lookup`].
@@ -220,6 +232,10 @@ pub struct CoreSettings {
     pub selftest: Option<SelftestSettings>,
     /// Watch outgoing SYNs to learn which member new flows use.
     pub observe_syns: bool,
+    /// How to reach FRR's vtysh.
+    pub vtysh: Vtysh,
+    /// How often FRR's BGP neighbors are read.
+    pub frr_poll_interval: Duration,
 }
 
 /// How the daemon runs its self-test.
@@ -257,6 +273,14 @@ enum Input {
     Done {
         id: u64,
         result: Result<String, String>,
+    },
+    /// FRR's BGP neighbors, or why they could not be read.
+    FrrPeers(Result<Vec<Peer>, String>),
+    /// A remediation finished.
+    Remediated {
+        ifaces: Vec<String>,
+        latency: Duration,
+        result: Result<(), String>,
     },
 }
 
@@ -331,6 +355,12 @@ pub struct Core {
     exposures: VecDeque<Exposure>,
     findings_tx: watch::Sender<Vec<Finding>>,
     detectors: Vec<Box<dyn Detector>>,
+    frr_peers: Vec<Peer>,
+    frr_state: String,
+    frr_polling: bool,
+    /// Interfaces with a remediation in flight.
+    remediating: BTreeSet<String>,
+    remediations: VecDeque<String>,
 }
 
 /// Starts the monitor (subscribing before anything is dumped) and the core
@@ -393,6 +423,11 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         exposures: VecDeque::new(),
         findings_tx,
         detectors: hazards::all(),
+        frr_peers: Vec::new(),
+        frr_state: "connecting".into(),
+        frr_polling: false,
+        remediating: BTreeSet::new(),
+        remediations: VecDeque::new(),
     };
     tokio::spawn(core.run(mon_rx, dump_rx, query_rx, input_rx));
     Ok(CoreHandle { query_tx, events_tx, ready_rx, monitor_stats: stats, findings_rx })
@@ -409,6 +444,8 @@ impl Core {
         self.start_dump();
         self.start_selftest();
         let mut pending_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut frr_tick = tokio::time::interval(self.settings.frr_poll_interval);
+        frr_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sock_tick = tokio::time::interval(self.settings.sock_poll_interval);
         let mut sysctl_tick = tokio::time::interval(self.settings.sysctl_poll_interval);
         sock_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -423,7 +460,10 @@ impl Core {
                 },
                 Some(msg) = dump_rx.recv() => self.process_dump(msg),
                 msg = mon_rx.recv(), if self.building.is_none() => match msg {
-                    Some(monitor::MonitorMsg::Changes(changes)) => self.apply_all(changes),
+                    Some(monitor::MonitorMsg::Changes(changes, at)) => {
+                        self.apply_all(changes);
+                        self.remediate(at);
+                    }
                     Some(monitor::MonitorMsg::Overrun) => {
                         self.overruns += 1;
                         warn!(overruns = self.overruns, "netlink overrun: notifications lost, model stale until re-dump");
@@ -436,7 +476,8 @@ impl Core {
                     if matches!(input, Input::Tcp(_)) { sock_poll_busy = false; }
                     self.process_input(input);
                 }
-                _ = pending_tick.tick() => self.process_pending(),
+                                _ = pending_tick.tick() => self.process_pending(),
+                _ = frr_tick.tick() => self.spawn_frr_poll(),
                 _ = sock_tick.tick() => {
                     if !sock_poll_busy {
                         sock_poll_busy = true;
@@ -607,6 +648,8 @@ impl Core {
                     selftest: self.selftest_state.clone(),
                     pending: self.pending.len(),
                     armed_flows: self.armed_count(),
+                    frr_state: self.frr_state.clone(),
+                    remediations: self.remediations.iter().cloned().collect(),
                 });
             }
             Query::Lookup { addr, table, reply } => {
@@ -657,6 +700,10 @@ impl Core {
                     })
                     .collect();
                 let _ = reply.send(list);
+            }
+            Query::Peers { reply } => {
+                let views = self.peers().iter().map(|p| peers::view(&self.model, p)).collect();
+                let _ = reply.send((views, self.frr_state.clone()));
             }
             Query::Show { kind, limit, reply } => {
                 let _ = reply.send(show(&self.model, &kind, limit));
@@ -783,7 +830,103 @@ impl Core {
                 self.publish_findings();
             }
             Input::Done { id, result } => self.finish_change(id, result),
+            Input::FrrPeers(r) => {
+                self.frr_polling = false;
+                let state = match r {
+                    Ok(p) => {
+                        self.frr_peers = p;
+                        "up".to_string()
+                    }
+                    Err(e) => format!("unavailable: {e}"),
+                };
+                if state != self.frr_state {
+                    info!(frr = %state, "FRR state changed");
+                    self.frr_state = state;
+                }
+                self.publish_findings();
+            }
+            Input::Remediated { ifaces, latency, result } => {
+                for i in &ifaces {
+                    self.remediating.remove(i);
+                }
+                let line = match &result {
+                    Ok(()) => format!(
+                        "turned IPv6 forwarding off on {} {:.3} ms after the kernel reported the conflict",
+                        ifaces.join(", "),
+                        latency.as_secs_f64() * 1000.0
+                    ),
+                    Err(e) => format!("remediation on {} failed: {e}", ifaces.join(", ")),
+                };
+                warn!(hazard = "subnet_anycast", latency_us = latency.as_micros() as u64, outcome = %line, "remediation");
+                if self.remediations.len() >= MAX_EXPOSURES {
+                    self.remediations.pop_front();
+                }
+                self.remediations.push_back(line);
+                self.publish_findings();
+            }
         }
+    }
+
+    fn spawn_frr_poll(&mut self) {
+        if self.frr_polling {
+            return;
+        }
+        self.frr_polling = true;
+        let vtysh = self.settings.vtysh.clone();
+        let tx = self.input_tx.clone();
+        tokio::spawn(async move {
+            let r = vtysh.bgp_neighbors().await.map_err(|e| e.to_string());
+            let _ = tx.send(Input::FrrPeers(r)).await;
+        });
+    }
+
+    fn peers(&self) -> Vec<Peer> {
+        peers::merge(&self.frr_peers, &self.model)
+    }
+
+    /// After the fact: forwarding was turned on (by someone else) on an
+    /// interface where a neighbor sits at the Subnet-Router anycast. With
+    /// `remediate`, turn forwarding off there at once (packets are still
+    /// forwarded: `all.forwarding` governs that) and record how long it
+    /// took from the kernel's notification.
+    fn remediate(&mut self, received: Instant) {
+        if !self.settings.hazards.subnet_anycast.remediate || self.stale {
+            return;
+        }
+        let peers = self.peers();
+        let facts = self.facts();
+        let ctx = Context { model: &self.model, flows: &self.flows, kernel: &facts, peers: &peers };
+        let mut ifaces: Vec<String> = hazards::subnet_anycast::SubnetAnycast
+            .current(&ctx)
+            .into_iter()
+            .filter_map(|f| f.stage)
+            .flat_map(|p| match p {
+                hazards::StagePlan::DisableForwardingOn { ifaces } => ifaces,
+            })
+            .filter(|i| !self.remediating.contains(i))
+            .collect();
+        ifaces.sort();
+        ifaces.dedup();
+        if ifaces.is_empty() {
+            return;
+        }
+        self.remediating.extend(ifaces.iter().cloned());
+        let root = self.settings.proc_sys.clone();
+        let tx = self.input_tx.clone();
+        tokio::spawn(async move {
+            let list = ifaces.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                for i in &list {
+                    writer::write_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding"), "0")
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            let latency = received.elapsed();
+            let _ = tx.send(Input::Remediated { ifaces, latency, result }).await;
+        });
     }
 
     /// A sock_diag dump walks the kernel's global TCP hash bucket by
@@ -894,7 +1037,8 @@ impl Core {
 
     fn context_findings(&self, intent: Option<&Intent>) -> Vec<Finding> {
         let facts = self.facts();
-        let ctx = Context { model: &self.model, flows: &self.flows, kernel: &facts };
+        let peers = self.peers();
+        let ctx = Context { model: &self.model, flows: &self.flows, kernel: &facts, peers: &peers };
         self.detectors
             .iter()
             .flat_map(|d| match intent {
@@ -918,6 +1062,21 @@ impl Core {
                 breaks: e.died.unwrap_or(e.flows.len()),
                 evidence: e.evidence.clone(),
                 mitigations: Vec::new(),
+                stage: None,
+            });
+        }
+        if !self.remediations.is_empty() {
+            out.push(Finding {
+                hazard: hazards::subnet_anycast::NAME,
+                severity: Severity::Info,
+                summary: format!(
+                    "remediated {} time(s) after forwarding was turned on over a peer",
+                    self.remediations.len()
+                ),
+                breaks: 0,
+                evidence: self.remediations.iter().cloned().collect(),
+                mitigations: Vec::new(),
+                stage: None,
             });
         }
         out
@@ -969,10 +1128,16 @@ impl Core {
                 self.next_change_id += 1;
                 self.spawn_apply(id, ask.intent.clone(), None, Some((reply, decision)));
             }
+            Verdict::Stage { plan: Staging::DisableForwardingOn(ifaces), .. } => {
+                // Nothing to wait for: the plan runs at once.
+                self.next_change_id += 1;
+                let staging = Some(Staging::DisableForwardingOn(ifaces.clone()));
+                self.spawn_apply(id, ask.intent.clone(), staging, Some((reply, decision)));
+            }
             Verdict::Delay { .. } | Verdict::Stage { .. } => {
                 self.next_change_id += 1;
-                let plan = match decision.verdict {
-                    Verdict::Stage { .. } => Plan::StageHashFields(self.settings.hazards.ecmp_rehash.hash_fields),
+                let plan = match &decision.verdict {
+                    Verdict::Stage { plan: Staging::HashFields(fields), .. } => Plan::StageHashFields(*fields),
                     _ => Plan::Delay,
                 };
                 let max_wait = match &decision.verdict {
@@ -1022,7 +1187,7 @@ impl Core {
             if ready || (timed_out && p.on_timeout == OnTimeout::Apply) {
                 let intent = p.ask.intent.clone();
                 let pre = match p.plan {
-                    Plan::StageHashFields(fields) => Some(fields),
+                    Plan::StageHashFields(fields) => Some(Staging::HashFields(fields)),
                     Plan::Delay => None,
                 };
                 if let Some(p) = self.pending.get_mut(&id) {
@@ -1048,13 +1213,14 @@ impl Core {
         &mut self,
         id: u64,
         intent: Intent,
-        stage_fields: Option<u32>,
+        staging: Option<Staging>,
         reply: Option<(oneshot::Sender<ProposeOutcome>, Decision)>,
     ) {
         let tx = self.input_tx.clone();
         let root = self.settings.proc_sys.clone();
+        let vtysh = self.settings.vtysh.clone();
         tokio::spawn(async move {
-            let result = apply_intent(&root, &intent, stage_fields).await;
+            let result = apply_intent(&root, &vtysh, &intent, staging).await;
             match &result {
                 Ok(m) => info!(change = id, outcome = "applied", detail = %m, "change applied"),
                 Err(e) => warn!(change = id, outcome = "failed", error = %e, "change failed"),
@@ -1080,10 +1246,21 @@ impl Core {
     }
 }
 
-/// Executes an intent; for a hash-fields stage first switches the IPv6
-/// hash, then applies, then verifies the settings.
-async fn apply_intent(root: &std::path::Path, intent: &Intent, stage_fields: Option<u32>) -> Result<String, String> {
+/// Executes an intent with its stage plan: a hash-fields stage first
+/// switches the IPv6 hash, then applies, then verifies; a
+/// forwarding-off stage applies, then turns forwarding off on the peering
+/// interfaces at once and verifies their anycast left.
+async fn apply_intent(
+    root: &std::path::Path,
+    vtysh: &Vtysh,
+    intent: &Intent,
+    staging: Option<Staging>,
+) -> Result<String, String> {
     let mut notes = Vec::new();
+    let stage_fields = match &staging {
+        Some(Staging::HashFields(f)) => Some(*f),
+        _ => None,
+    };
     if let Some(fields) = stage_fields {
         let fields_s = fields.to_string();
         // Fields first: policy 3 reads them, and both writes leave cached
@@ -1106,6 +1283,26 @@ async fn apply_intent(root: &std::path::Path, intent: &Intent, stage_fields: Opt
             let prev = writer::write_sysctl(root, key, value).map_err(|e| e.to_string())?;
             notes.push(format!("{key} {prev} -> {value}"));
         }
+        Intent::FrrCli { line } => {
+            vtysh.run(&["configure terminal", line]).await.map_err(|e| format!("FRR refused `{line}`: {e}"))?;
+            notes.push(format!("FRR: {line}"));
+        }
+    }
+    if let Some(Staging::DisableForwardingOn(ifaces)) = &staging {
+        let started = Instant::now();
+        for i in ifaces {
+            writer::write_sysctl(root, &format!("net.ipv6.conf.{i}.forwarding"), "0").map_err(|e| e.to_string())?;
+        }
+        let window = started.elapsed();
+        let joined = writer::anycast_joined(ifaces).map_err(|e| e.to_string())?;
+        if !joined.is_empty() {
+            return Err(format!("verification failed: anycast still joined: {}", joined.join(", ")));
+        }
+        notes.push(format!(
+            "forwarding off on {} ({} us after the change); verified no anycast joined there",
+            ifaces.join(", "),
+            window.as_micros()
+        ));
     }
     if let Some(fields) = stage_fields {
         let p = writer::read_sysctl(root, "net.ipv6.fib_multipath_hash_policy").map_err(|e| e.to_string())?;

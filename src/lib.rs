@@ -11,6 +11,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod frr;
 pub mod hazards;
 pub mod kernel;
 pub mod model;

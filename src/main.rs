@@ -125,6 +125,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// BGP peers (FRR and live sessions) and where the kernel reaches them.
+    Peers {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Changes held by a delay or a stage plan.
     Pending {
         #[command(flatten)]
@@ -149,6 +157,9 @@ struct ChangeArgs {
     /// `KEY=VALUE`, e.g. net.ipv6.fib_multipath_hash_policy=3
     #[arg(long, value_name = "KEY=VALUE")]
     sysctl: Option<String>,
+    /// One FRR configuration line, e.g. 'ipv6 forwarding'
+    #[arg(long, value_name = "LINE")]
+    frr_cli: Option<String>,
 }
 
 impl ChangeArgs {
@@ -162,8 +173,11 @@ impl ChangeArgs {
         } else if let Some(s) = &self.sysctl {
             routeguard::policy::intent::parse_sysctl(s)?;
             I::Sysctl(s.clone())
+        } else if let Some(l) = &self.frr_cli {
+            routeguard::policy::intent::parse_frr_cli(l)?;
+            I::FrrCli(l.clone())
         } else {
-            anyhow::bail!("give --route-replace or --sysctl");
+            anyhow::bail!("give --route-replace, --sysctl or --frr-cli");
         };
         let requester = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default();
         Ok(pb::ChangeRequest { intent: Some(intent), requester })
@@ -200,6 +214,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Evaluate { change, socket, json } => change_cmd(socket.socket, change, json, false).await,
         Command::Propose { change, socket, json } => change_cmd(socket.socket, change, json, true).await,
         Command::Pending { socket, json } => pending(socket.socket, json).await,
+        Command::Peers { socket, json } => peers(socket.socket, json).await,
         Command::DebugDigest => debug_digest().await,
     }
 }
@@ -244,6 +259,12 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
             cache: cfg.state_dir.join("selftest.json"),
         }),
         observe_syns: cfg.kernel.observe_syns,
+        vtysh: routeguard::frr::vtysh::Vtysh {
+            binary: cfg.frr.vtysh.clone(),
+            socket_dir: (!cfg.frr.vty_socket_dir.as_os_str().is_empty()).then(|| cfg.frr.vty_socket_dir.clone()),
+            timeout: cfg.frr.timeout,
+        },
+        frr_poll_interval: cfg.frr.poll_interval,
     })
     .context("cannot open the netlink monitor")?;
     let shutdown = async {
@@ -272,7 +293,8 @@ async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<
             "ready": s.ready, "stale": s.stale, "overruns": s.overruns, "resyncs": s.resyncs,
             "events_applied": s.events_applied, "frr_state": s.frr_state,
             "last_dump_ms": s.last_dump_ms, "counts": counts, "sysctls": sysctls,
-            "selftest": s.selftest, "pending": s.pending, "armed_flows": s.armed_flows,
+                        "selftest": s.selftest, "pending": s.pending, "armed_flows": s.armed_flows,
+            "remediations": s.remediations,
         });
         if digest {
             v["model_digest"] = json!(s.model_digest);
@@ -533,6 +555,34 @@ async fn pending(socket: PathBuf, as_json: bool) -> anyhow::Result<ExitCode> {
                 "{} [{}] {} ({}s old, {}s left): {}",
                 p.id, p.verdict, p.state, p.age_seconds, p.deadline_seconds, p.intent
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn peers(socket: PathBuf, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut c = routeguard::client::connect(&socket).await?;
+    let r = c.list_peers(pb::ListPeersRequest {}).await.map_err(status_err)?.into_inner();
+    if as_json {
+        let list: Vec<_> = r
+            .peers
+            .iter()
+            .map(|p| {
+                json!({"address": p.address, "vrf": p.vrf, "state": p.state, "source": p.source, "local": p.local,
+                       "ifname": p.ifname, "prefix": p.prefix, "route_type": p.route_type})
+            })
+            .collect();
+        println!("{}", json!({"frr_state": r.frr_state, "peers": list}));
+    } else {
+        println!("frr: {}", r.frr_state);
+        for p in &r.peers {
+            println!(
+                "{} vrf {} {} ({}) via {} {} route {}",
+                p.address, p.vrf, p.state, p.source, p.ifname, p.prefix, p.route_type
+            );
+        }
+        if r.peers.is_empty() {
+            println!("no BGP peers known");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::core::{ChangeAsk, CoreHandle, LookupResult, Query};
 use crate::hazards::Finding;
 use crate::model::flows::MemberId;
-use crate::policy::intent::{parse_route_replace, parse_sysctl, Intent};
+use crate::policy::intent::{parse_frr_cli, parse_route_replace, parse_sysctl, Intent};
 use crate::policy::{Decision, Verdict};
 use crate::proto::guard as pb;
 
@@ -40,13 +40,12 @@ pub struct GuardService {
     core: CoreHandle,
     started: Instant,
     kernel: String,
-    frr_state: String,
 }
 
 impl GuardService {
     /// A service answering from `core`.
     pub fn new(core: CoreHandle, kernel: String) -> Self {
-        GuardService { core, started: Instant::now(), kernel, frr_state: "not_configured".into() }
+        GuardService { core, started: Instant::now(), kernel }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Status> {
@@ -156,7 +155,7 @@ fn decision_to_pb(d: &Decision) -> pb::Decision {
             out.max_wait_seconds = max_wait.as_secs();
             out.reasons = vec![reason.clone()];
         }
-        Verdict::Stage { steps, reason, side_effects } => {
+        Verdict::Stage { steps, reason, side_effects, .. } => {
             out.steps = steps.clone();
             out.reasons = vec![reason.clone()];
             out.side_effects = side_effects.clone();
@@ -175,6 +174,7 @@ pub fn intent_of(req: &pb::ChangeRequest) -> Result<Intent, Status> {
     match &req.intent {
         Some(I::RouteReplace(s)) => parse_route_replace(s).map(Intent::RouteReplace),
         Some(I::Sysctl(s)) => parse_sysctl(s),
+        Some(I::FrrCli(s)) => parse_frr_cli(s),
         None => return Err(Status::invalid_argument("no change given: set route_replace or sysctl")),
     }
     .map_err(|e| Status::invalid_argument(e.to_string()))
@@ -211,7 +211,8 @@ impl pb::guard_server::Guard for GuardService {
             overruns: s.overruns,
             resyncs: s.resyncs,
             events_applied: s.events_applied,
-            frr_state: self.frr_state.clone(),
+            frr_state: s.frr_state,
+            remediations: s.remediations,
             model_digest: s.digest.unwrap_or_default(),
             sysctls: s.sysctls.into_iter().collect(),
             last_dump_ms: s.last_dump.as_millis() as u64,
@@ -352,6 +353,27 @@ impl pb::guard_server::Guard for GuardService {
                     state: p.state,
                     age_seconds: p.age_seconds,
                     deadline_seconds: p.deadline_seconds,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_peers(&self, _req: Request<pb::ListPeersRequest>) -> Result<Response<pb::ListPeersResponse>, Status> {
+        let (views, frr_state) = self.ask(|reply| Query::Peers { reply }).await?;
+        let s = |v: Option<String>| v.unwrap_or_default();
+        Ok(Response::new(pb::ListPeersResponse {
+            frr_state,
+            peers: views
+                .into_iter()
+                .map(|v| pb::Peer {
+                    address: v.peer.address.to_string(),
+                    vrf: v.peer.vrf,
+                    state: v.peer.state,
+                    source: format!("{:?}", v.peer.source).to_lowercase(),
+                    local: v.peer.local.map(|l| l.to_string()).unwrap_or_default(),
+                    ifname: s(v.ifname),
+                    prefix: s(v.prefix),
+                    route_type: s(v.route_type),
                 })
                 .collect(),
         }))

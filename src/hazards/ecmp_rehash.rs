@@ -181,6 +181,7 @@ impl Detector for EcmpRehash {
             breaks: armed.len(),
             evidence: armed.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
             mitigations: mitigations(),
+            stage: None,
         }]
     }
 
@@ -215,6 +216,7 @@ impl Detector for EcmpRehash {
                         breaks: moved.len(),
                         evidence: moved.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
                         mitigations: mitigations(),
+                        stage: None,
                     });
                 }
                 if !remapped.is_empty() {
@@ -231,31 +233,37 @@ impl Detector for EcmpRehash {
                         breaks: remapped.len(),
                         evidence: remapped.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
                         mitigations: mitigations(),
+                        stage: None,
                     });
                 }
                 out
             }
-            Intent::Sysctl { key, value } => {
-                let hash_key =
-                    key == "net.ipv6.fib_multipath_hash_policy" || key == "net.ipv6.fib_multipath_hash_fields";
-                let s = &ctx.model.sysctls;
-                let current = if key.ends_with("policy") { s.hash_policy_v6 } else { s.hash_fields_v6 };
-                let unchanged = parse_int(value).is_some_and(|v| Some(v) == current);
-                let v6: Vec<&Flow> = ctx.flows.iter().filter(|f| f.is_v6()).collect();
-                if !hash_key || unchanged || v6.is_empty() {
-                    return Vec::new();
+            other => {
+                let mut out = Vec::new();
+                for (key, value) in other.effective_sysctls() {
+                    let hash_key =
+                        key == "net.ipv6.fib_multipath_hash_policy" || key == "net.ipv6.fib_multipath_hash_fields";
+                    let s = &ctx.model.sysctls;
+                    let current = if key.ends_with("policy") { s.hash_policy_v6 } else { s.hash_fields_v6 };
+                    let unchanged = parse_int(&value).is_some_and(|v| Some(v) == current);
+                    let v6: Vec<&Flow> = ctx.flows.iter().filter(|f| f.is_v6()).collect();
+                    if !hash_key || unchanged || v6.is_empty() {
+                        continue;
+                    }
+                    out.push(Finding {
+                        hazard: NAME,
+                        severity: Severity::Warning,
+                        summary: format!(
+                            "{key}={value} re-maps all {} IPv6 flow(s) on multipath routes at their next invalidation",
+                            v6.len()
+                        ),
+                        breaks: v6.len(),
+                        evidence: v6.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
+                        mitigations: mitigations(),
+                        stage: None,
+                    });
                 }
-                vec![Finding {
-                    hazard: NAME,
-                    severity: Severity::Warning,
-                    summary: format!(
-                        "{key}={value} re-maps all {} IPv6 flow(s) on multipath routes at their next invalidation",
-                        v6.len()
-                    ),
-                    breaks: v6.len(),
-                    evidence: v6.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
-                    mitigations: mitigations(),
-                }]
+                out
             }
         }
     }
@@ -371,7 +379,7 @@ mod tests {
     #[test]
     fn identical_replace_moves_exactly_the_armed_flows_on_and_below_it() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
         let spec = parse_route_replace(
             "fd00:ecec:f::1/128 nexthop via fd00:2::2 dev r1 nexthop via fd00:3::2 dev r2 nexthop via fd00:4::2 dev r3",
         )
@@ -390,7 +398,7 @@ mod tests {
     #[test]
     fn any_change_under_an_ecmp_default_invalidates_its_flows() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
         let spec = parse_route_replace("2001:db8:99::/64 via fd00:2::2 dev r1").unwrap();
         let f = EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(spec));
         assert_eq!(f.len(), 1);
@@ -400,7 +408,7 @@ mod tests {
     #[test]
     fn member_changes_put_every_flow_on_the_route_at_risk() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
         let spec = parse_route_replace("fd00:ecec:f::1/128 nexthop via fd00:2::2 dev r1 nexthop via fd00:3::2 dev r2")
             .unwrap();
         let f = EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(spec));
@@ -413,12 +421,12 @@ mod tests {
     #[test]
     fn other_tables_and_unaffected_kernels_are_quiet() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
         let other = parse_route_replace("fd00:ecec:f::1/128 table 100 via fd00:2::2 dev r1").unwrap();
         assert!(EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(other)).is_empty());
         // On an unaffected kernel, unknown flows are not armed, and a flow
         // observed on its predicted member never is.
-        let ctx = Context { model: &m, flows: &t, kernel: &UNAFFECTED };
+        let ctx = Context { model: &m, flows: &t, kernel: &UNAFFECTED, peers: &[] };
         let spec = parse_route_replace(
             "fd00:ecec:f::1/128 nexthop via fd00:2::2 dev r1 nexthop via fd00:3::2 dev r2 nexthop via fd00:4::2 dev r3",
         )
@@ -430,7 +438,7 @@ mod tests {
     #[test]
     fn current_findings_list_armed_flows_and_hash_sysctls_are_judged() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
         let f = EcmpRehash.current(&ctx);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].breaks, 3);

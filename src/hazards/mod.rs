@@ -4,6 +4,7 @@
 //! model, the flow inventory and what the self-test measured.
 
 pub mod ecmp_rehash;
+pub mod subnet_anycast;
 
 use serde::Serialize;
 
@@ -61,6 +62,21 @@ pub struct Finding {
     pub evidence: Vec<String>,
     /// Mitigations the detector knows.
     pub mitigations: Vec<Mitigation>,
+    /// The safe sequence this detector would stage, when it has one.
+    pub stage: Option<StagePlan>,
+}
+
+/// A staged plan a detector can execute around a change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StagePlan {
+    /// Apply the change, then at once set IPv6 forwarding off on these
+    /// interfaces (packets are still forwarded; their anycast is dropped),
+    /// then verify the anycast left them.
+    DisableForwardingOn {
+        /// Interface names.
+        ifaces: Vec<String>,
+    },
 }
 
 /// What the self-test measured on the running kernel, as the detectors
@@ -82,6 +98,8 @@ pub struct Context<'a> {
     pub flows: &'a FlowTable,
     /// Self-test results.
     pub kernel: &'a KernelFacts,
+    /// BGP peers (FRR and live sessions).
+    pub peers: &'a [crate::model::peers::Peer],
 }
 
 /// A hazard detector.
@@ -96,5 +114,5 @@ pub trait Detector: Send + Sync {
 
 /// Every detector, in a stable order.
 pub fn all() -> Vec<Box<dyn Detector>> {
-    vec![Box::new(ecmp_rehash::EcmpRehash)]
+    vec![Box::new(ecmp_rehash::EcmpRehash), Box::new(subnet_anycast::SubnetAnycast)]
 }

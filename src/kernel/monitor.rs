@@ -21,8 +21,8 @@ use crate::model::Change;
 /// What the monitor thread sends to the core.
 #[derive(Debug)]
 pub enum MonitorMsg {
-    /// Changes decoded from one datagram.
-    Changes(Vec<Change>),
+    /// Changes decoded from one datagram, and when it was received.
+    Changes(Vec<Change>, std::time::Instant),
     /// The kernel dropped notifications: the model is stale until re-dumped.
     Overrun,
 }
@@ -51,6 +51,7 @@ pub fn spawn(rcvbuf: usize, tx: mpsc::Sender<MonitorMsg>, stats: Arc<MonitorStat
         loop {
             let msg = match nl::recv(&sock, &mut buf) {
                 Ok(_) => {
+                    let received = std::time::Instant::now();
                     let mut changes = Vec::new();
                     for m in split_messages(&buf) {
                         let (hdr, payload) = match m {
@@ -74,7 +75,7 @@ pub fn spawn(rcvbuf: usize, tx: mpsc::Sender<MonitorMsg>, stats: Arc<MonitorStat
                     if changes.is_empty() {
                         continue;
                     }
-                    MonitorMsg::Changes(changes)
+                    MonitorMsg::Changes(changes, received)
                 }
                 Err(e) if nl::is_overrun(&e) => {
                     stats.overruns.fetch_add(1, Ordering::Relaxed);

@@ -110,6 +110,20 @@ pub fn write_sysctl(root: &Path, key: &str, value: &str) -> Result<String, Write
     Ok(previous)
 }
 
+/// Anycast addresses joined on the given interfaces, from
+/// /proc/net/anycast6 (`ifindex ifname address refcount` per line), as
+/// `ifname address`.
+pub fn anycast_joined(ifaces: &[String]) -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string("/proc/net/anycast6")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && ifaces.iter().any(|i| i == f[1])).then(|| format!("{} {}", f[1], f[2]))
+        })
+        .collect())
+}
+
 /// Lists the kernel's links by name (for resolving `dev` in a change).
 pub async fn link_names() -> Result<HashMap<String, u32>, WriteError> {
     let (conn, handle, _) =

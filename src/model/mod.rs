@@ -6,6 +6,7 @@
 
 pub mod flows;
 pub mod objects;
+pub mod peers;
 pub mod routes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -21,6 +21,49 @@ pub enum Intent {
         /// New value.
         value: String,
     },
+    /// One line of FRR configuration, applied with vtysh in config mode.
+    FrrCli {
+        /// The line, e.g. `ipv6 forwarding`.
+        line: String,
+    },
+}
+
+impl Intent {
+    /// The kernel sysctls this intent sets, as far as the guard knows:
+    /// a sysctl intent is itself; FRR's `[no] ip[v6] forwarding` are zebra's
+    /// writes of `net.ipv{4,6}.conf.all.forwarding`. Other FRR lines set
+    /// nothing the detectors judge through sysctls.
+    pub fn effective_sysctls(&self) -> Vec<(String, String)> {
+        match self {
+            Intent::Sysctl { key, value } => vec![(key.clone(), value.clone())],
+            Intent::FrrCli { line } => {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let (no, rest) = match words.split_first() {
+                    Some((&"no", rest)) => (true, rest),
+                    _ => (false, &words[..]),
+                };
+                let fam = match rest {
+                    ["ipv6", "forwarding"] => "ipv6",
+                    ["ip", "forwarding"] => "ipv4",
+                    _ => return Vec::new(),
+                };
+                vec![(format!("net.{fam}.conf.all.forwarding"), if no { "0" } else { "1" }.to_string())]
+            }
+            Intent::RouteReplace(_) => Vec::new(),
+        }
+    }
+}
+
+/// Checks one FRR configuration line for `--frr-cli`.
+pub fn parse_frr_cli(text: &str) -> Result<Intent, IntentError> {
+    let line = text.trim();
+    if line.is_empty() {
+        return Err(bad("--frr-cli", "empty line"));
+    }
+    if line.contains('\n') || line.chars().any(|c| c.is_control()) {
+        return Err(bad("--frr-cli", "one configuration line only (no newlines or control characters)"));
+    }
+    Ok(Intent::FrrCli { line: line.to_string() })
 }
 
 /// A route as the operator writes it.
@@ -185,6 +228,17 @@ mod tests {
         assert!(e("fd00::/64 nexthop dev y weight 0").contains("at least 1"));
         assert!(e("fd00::/64").contains("no nexthop"));
         assert!(e("fd00::/64 via fd00::1 dev a nexthop via fd00::2 dev b").contains("mixes"));
+    }
+
+    #[test]
+    fn frr_lines_map_to_the_sysctls_zebra_writes() {
+        let i = parse_frr_cli(" ipv6 forwarding ").unwrap();
+        assert_eq!(i.effective_sysctls(), vec![("net.ipv6.conf.all.forwarding".to_string(), "1".to_string())]);
+        let i = parse_frr_cli("no ip forwarding").unwrap();
+        assert_eq!(i.effective_sysctls(), vec![("net.ipv4.conf.all.forwarding".to_string(), "0".to_string())]);
+        assert!(parse_frr_cli("router bgp 65000").unwrap().effective_sysctls().is_empty());
+        assert!(parse_frr_cli("").is_err());
+        assert!(parse_frr_cli("ipv6 forwarding\nrouter bgp 1").is_err());
     }
 
     #[test]

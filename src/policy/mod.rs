@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hazards::{ecmp_rehash, Finding, Severity};
+use crate::hazards::{ecmp_rehash, subnet_anycast, Finding, Severity};
 
 /// Whether a hazard's verdicts are enforced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,17 +100,43 @@ impl Default for EcmpPolicy {
     }
 }
 
+/// `[hazards.subnet_anycast]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnycastPolicy {
+    /// observe | enforce (for proposals).
+    pub mode: Mode,
+    /// veto | stage (delay cannot help: the conflict does not drain).
+    pub action: Action,
+    /// When forwarding was turned on behind the guard's back over a peer,
+    /// turn it off on the peering interfaces at once.
+    pub remediate: bool,
+}
+
+impl Default for AnycastPolicy {
+    fn default() -> Self {
+        AnycastPolicy { mode: Mode::Enforce, action: Action::Veto, remediate: true }
+    }
+}
+
 /// `[hazards]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HazardsConfig {
     /// ECMP re-hash.
     pub ecmp_rehash: EcmpPolicy,
+    /// Subnet-Router anycast.
+    pub subnet_anycast: AnycastPolicy,
 }
 
 impl HazardsConfig {
     /// Relations types cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.subnet_anycast.action == Action::Delay {
+            return Err("key `hazards.subnet_anycast.action`: \"delay\" cannot help (the conflict does not drain \
+                        by itself); use \"veto\" or \"stage\""
+                .into());
+        }
         let e = &self.ecmp_rehash;
         if e.stage_mitigation == StageMitigation::Resilient {
             return Err("key `hazards.ecmp_rehash.stage_mitigation`: \"resilient\" is not supported yet; \
@@ -151,6 +177,9 @@ pub enum Verdict {
     },
     /// Apply behind a mitigation.
     Stage {
+        /// What the executor does.
+        #[serde(skip)]
+        plan: Staging,
         /// The plan, in order.
         steps: Vec<String>,
         /// Why.
@@ -177,6 +206,17 @@ impl Verdict {
             Verdict::Veto { .. } => "veto",
         }
     }
+}
+
+/// The executable form of a stage verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Staging {
+    /// Wait until no local flow rides an IPv6 multipath route, switch to
+    /// policy 3 with these hash fields, then apply.
+    HashFields(u32),
+    /// Apply, then at once turn IPv6 forwarding off on these interfaces and
+    /// verify their anycast left.
+    DisableForwardingOn(Vec<String>),
 }
 
 /// Verdict plus the findings behind it.
@@ -206,11 +246,16 @@ pub fn decide(findings: Vec<Finding>, cfg: &HazardsConfig) -> Decision {
     // One hazard today; the loop picks the strictest action when more
     // hazards block the same change.
     let mut best: Option<(Action, Mode)> = None;
+    let mut detector_stage: Option<&crate::hazards::StagePlan> = None;
     for f in &blocking {
         let (mode, action, threshold) = match f.hazard {
             ecmp_rehash::NAME => (cfg.ecmp_rehash.mode, cfg.ecmp_rehash.action, cfg.ecmp_rehash.threshold),
+            subnet_anycast::NAME => (cfg.subnet_anycast.mode, cfg.subnet_anycast.action, 0),
             _ => (Mode::Enforce, Action::Veto, 0),
         };
+        if action == Action::Stage && f.stage.is_some() {
+            detector_stage = f.stage.as_ref();
+        }
         if f.breaks <= threshold {
             continue;
         }
@@ -222,19 +267,33 @@ pub fn decide(findings: Vec<Finding>, cfg: &HazardsConfig) -> Decision {
     }
     if let Some((action, mode)) = best {
         let reasons: Vec<String> = blocking.iter().map(|f| f.summary.clone()).collect();
-        let v = match action {
-            Action::Veto => Verdict::Veto {
+        let v = match (action, detector_stage.cloned()) {
+            (Action::Veto, _) => Verdict::Veto {
                 reasons,
                 fixes: blocking
                     .iter()
                     .flat_map(|f| f.mitigations.iter().map(|m| format!("{}: {}", m.name, m.description)))
                     .collect(),
             },
-            Action::Delay => Verdict::Delay {
+            (Action::Delay, _) => Verdict::Delay {
                 max_wait: cfg.ecmp_rehash.max_delay,
                 reason: format!("waiting until nothing would break: {}", reasons.join("; ")),
             },
-            Action::Stage => Verdict::Stage {
+            (Action::Stage, Some(crate::hazards::StagePlan::DisableForwardingOn { ifaces })) => Verdict::Stage {
+                steps: vec![
+                    "apply the change (forwarding on)".into(),
+                    format!("at once set net.ipv6.conf.{{{}}}.forwarding=0", ifaces.join(",")),
+                    "verify the Subnet-Router anycast left those interfaces (/proc/net/anycast6)".into(),
+                ],
+                reason: reasons.join("; "),
+                side_effects: vec![format!(
+                    "{} act as hosts for RA (accept_ra) and the NA router flag; packets are still forwarded",
+                    ifaces.join(", ")
+                )],
+                plan: Staging::DisableForwardingOn(ifaces),
+            },
+            (Action::Stage, None) => Verdict::Stage {
+                plan: Staging::HashFields(cfg.ecmp_rehash.hash_fields),
                 steps: vec![
                     "wait until no established local flow rides an IPv6 multipath route (switching the hash \
                      re-maps every such flow at its next invalidation)"
@@ -276,6 +335,7 @@ mod tests {
             breaks,
             evidence: vec![],
             mitigations: vec![],
+            stage: None,
         }
     }
 

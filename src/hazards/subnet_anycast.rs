@@ -1,0 +1,322 @@
+//! `subnet_anycast`: IPv6 forwarding makes the kernel claim the
+//! Subnet-Router anycast address (`prefix::`) of every local prefix shorter
+//! than /127 on each interface where forwarding is on
+//! (`addrconf_join_anycast`; no sysctl disables it). A BGP peer (or any
+//! neighbor, static-route gateway or next hop) numbered at `prefix::`
+//! becomes a local anycast destination: the route to it turns into
+//! `anycast prefix:: dev lo table local`.
+//!
+//! **What breaks.** Measured with real FRR (field-notes, Hazard 2): an
+//! established session survives the toggle while its cached route stays
+//! valid (the local table is a separate tree), and dies at its next reset
+//! or invalidation, after which it cannot re-establish. With VRFs the
+//! local and main routes share a table, so the toggle itself invalidates.
+//!
+//! **Kernels.** All: the join is unconditional. `force_forwarding`
+//! (per-interface, 6.17+) is another way out.
+//!
+//! **Evidence.** The peer, its source (FRR or a live port-179 session), the
+//! interface and prefix, whether forwarding is on there, whether the
+//! anycast is joined now.
+//!
+//! **Mitigations.** Renumber the peer to `::1`/`::2` or a /127 (durable);
+//! set `<if>.forwarding=0` right after the global toggle: packet
+//! forwarding is governed by `all.forwarding`, so forwarding stays on and
+//! the anycast leaves that interface (side effect: the interface acts as a
+//! host for RA and the NA router flag).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnetwork::Ipv6Network;
+
+use super::{Context, Detector, Finding, Mitigation, Severity, StagePlan};
+use crate::policy::intent::Intent;
+
+/// The detector.
+pub struct SubnetAnycast;
+
+/// The hazard's name.
+pub const NAME: &str = "subnet_anycast";
+
+/// One address that equals the Subnet-Router anycast of a local prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Conflict {
+    target: Ipv6Addr,
+    what: String,
+    ifindex: u32,
+    prefix: Ipv6Network,
+}
+
+fn conflicts(ctx: &Context<'_>) -> Vec<Conflict> {
+    let m = ctx.model;
+    // Everything the router talks to by address: peers, gateways of routes
+    // and nexthop objects.
+    let mut targets: Vec<(Ipv6Addr, String)> = Vec::new();
+    for p in ctx.peers {
+        if let IpAddr::V6(a) = p.address {
+            targets.push((a, format!("BGP peer {a} (vrf {}, {}, from {:?})", p.vrf, p.state, p.source).to_lowercase()));
+        }
+    }
+    for r in m.routes.iter() {
+        for n in &r.attrs.nexthops {
+            if let Some(IpAddr::V6(g)) = n.gateway {
+                targets.push((g, format!("gateway of route {} (table {})", r.dst, r.table)));
+            }
+        }
+    }
+    for n in m.nexthops.values() {
+        if let Some(IpAddr::V6(g)) = n.gateway {
+            targets.push((g, format!("gateway of nexthop id {}", n.id)));
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for a in m.addresses.values() {
+        let IpAddr::V6(addr) = a.key.address else { continue };
+        if a.key.prefix_len >= 127 {
+            continue;
+        }
+        let Ok(net) = Ipv6Network::new(addr, a.key.prefix_len) else { continue };
+        let anycast = net.network();
+        for (t, what) in &targets {
+            if *t == anycast && seen.insert((anycast, a.key.ifindex, what.clone())) {
+                out.push(Conflict {
+                    target: anycast,
+                    what: what.clone(),
+                    ifindex: a.key.ifindex,
+                    prefix: Ipv6Network::new(anycast, a.key.prefix_len).unwrap_or(net),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn forwarding_on(ctx: &Context<'_>, ifindex: u32) -> bool {
+    ctx.model.sysctls.forwarding_v6.per_if.get(&ifindex) == Some(&1)
+}
+
+fn mitigations(ifaces: &[String]) -> Vec<Mitigation> {
+    vec![
+        Mitigation {
+            name: "renumber",
+            description: "number the peer at ::1/::2 of the prefix, or use a /127, so no peer sits at prefix::".into(),
+            side_effects: "needs a coordinated change on both ends".into(),
+        },
+        Mitigation {
+            name: "per_interface_forwarding_off",
+            description: format!(
+                "right after enabling forwarding, set net.ipv6.conf.{{{}}}.forwarding=0: packets are still \
+                 forwarded (all.forwarding governs that) and the anycast leaves the interface",
+                ifaces.join(",")
+            ),
+            side_effects: "the interface acts as a host for RA (accept_ra) and the NA router flag".into(),
+        },
+    ]
+}
+
+/// Interfaces whose IPv6 forwarding `intent` would turn on.
+fn forwarding_turned_on(ctx: &Context<'_>, intent: &Intent) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (key, value) in intent.effective_sysctls() {
+        let Some(scope) = key.strip_prefix("net.ipv6.conf.").and_then(|k| k.strip_suffix(".forwarding")) else {
+            continue;
+        };
+        if value.trim() == "0" {
+            continue;
+        }
+        match scope {
+            // `all` propagates to every interface.
+            "all" => out.extend(ctx.model.links.keys().copied()),
+            // `default` only applies to interfaces created later.
+            "default" => {}
+            ifname => out.extend(ctx.model.links.values().filter(|l| l.name == ifname).map(|l| l.ifindex)),
+        }
+    }
+    out
+}
+
+fn finding(ctx: &Context<'_>, severity: Severity, summary: String, cs: &[&Conflict]) -> Finding {
+    let mut ifaces: Vec<String> = cs.iter().map(|c| ctx.model.ifname(c.ifindex)).collect();
+    ifaces.sort();
+    ifaces.dedup();
+    let evidence = cs
+        .iter()
+        .map(|c| {
+            let joined = ctx.model.anycast.iter().any(|a| a.ifindex == c.ifindex && a.address == c.target);
+            format!(
+                "{} is the Subnet-Router anycast of {} on {} (forwarding {}, anycast {})",
+                c.what,
+                c.prefix,
+                ctx.model.ifname(c.ifindex),
+                if forwarding_on(ctx, c.ifindex) { "on" } else { "off" },
+                if joined { "joined" } else { "not joined" }
+            )
+        })
+        .collect();
+    Finding {
+        hazard: NAME,
+        severity,
+        summary,
+        breaks: cs.len(),
+        evidence,
+        mitigations: mitigations(&ifaces),
+        stage: (severity == Severity::Critical).then(|| StagePlan::DisableForwardingOn { ifaces }),
+    }
+}
+
+impl Detector for SubnetAnycast {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn current(&self, ctx: &Context<'_>) -> Vec<Finding> {
+        let all = conflicts(ctx);
+        let (on, off): (Vec<&Conflict>, Vec<&Conflict>) = all.iter().partition(|c| forwarding_on(ctx, c.ifindex));
+        let mut out = Vec::new();
+        if !on.is_empty() {
+            out.push(finding(
+                ctx,
+                Severity::Critical,
+                format!(
+                    "{} neighbor(s) sit at the Subnet-Router anycast address of a prefix on an interface with \
+                     forwarding on: the kernel claims the address, and their sessions die at the next reset and \
+                     cannot re-establish",
+                    on.len()
+                ),
+                &on,
+            ));
+        }
+        if !off.is_empty() {
+            out.push(finding(
+                ctx,
+                Severity::Warning,
+                format!(
+                    "latent: {} neighbor(s) sit at the Subnet-Router anycast address of a local prefix; turning \
+                     IPv6 forwarding on would capture them",
+                    off.len()
+                ),
+                &off,
+            ));
+        }
+        out
+    }
+
+    fn evaluate(&self, ctx: &Context<'_>, intent: &Intent) -> Vec<Finding> {
+        let on: BTreeSet<u32> = forwarding_turned_on(ctx, intent).into_iter().collect();
+        if on.is_empty() {
+            return Vec::new();
+        }
+        let all = conflicts(ctx);
+        let hit: Vec<&Conflict> =
+            all.iter().filter(|c| on.contains(&c.ifindex) && !forwarding_on(ctx, c.ifindex)).collect();
+        if hit.is_empty() {
+            return Vec::new();
+        }
+        vec![finding(
+            ctx,
+            Severity::Critical,
+            format!(
+                "turning IPv6 forwarding on makes the kernel claim the Subnet-Router anycast address of {} \
+                 neighbor(s); their sessions die at the next reset and cannot re-establish",
+                hit.len()
+            ),
+            &hit,
+        )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hazards::KernelFacts;
+    use crate::model::flows::FlowTable;
+    use crate::model::peers::{Peer, PeerSource};
+    use crate::model::{Address, AddressKey, Change, ConfScope, Link, Model, IFF_UP};
+    use crate::policy::intent::parse_sysctl;
+
+    fn lab(peer: &str) -> (Model, Vec<Peer>) {
+        let mut m = Model::default();
+        let mut ev = vec![];
+        for (i, n) in [(2, "vmif"), (3, "other")] {
+            m.apply(
+                Change::Link(Link {
+                    ifindex: i,
+                    name: n.into(),
+                    kind: Some("veth".into()),
+                    master: None,
+                    flags: IFF_UP,
+                    mtu: 1500,
+                    bridge_port: None,
+                    tunnel: None,
+                    tx_packets: 0,
+                    tx_carrier_errors: 0,
+                }),
+                &mut ev,
+            );
+        }
+        m.apply(
+            Change::Address(Address {
+                key: AddressKey { ifindex: 2, address: "fdc0:3489:e0fd::1".parse().unwrap(), prefix_len: 64 },
+                flags: 0,
+                scope: 0,
+            }),
+            &mut ev,
+        );
+        for i in [2, 3] {
+            m.apply(Change::Forwarding { v6: true, scope: ConfScope::Iface(i), value: 0 }, &mut ev);
+        }
+        let peers = vec![Peer {
+            address: peer.parse().unwrap(),
+            vrf: "default".into(),
+            state: "Established".into(),
+            local: None,
+            source: PeerSource::Frr,
+        }];
+        (m, peers)
+    }
+
+    const FACTS: KernelFacts = KernelFacts { ecmp_v6_affected: None, ecmp_v4_affected: None };
+
+    #[test]
+    fn latent_conflict_is_a_warning_and_the_toggle_is_critical_with_a_stage_plan() {
+        let (m, peers) = lab("fdc0:3489:e0fd::");
+        let flows = FlowTable::default();
+        let ctx = Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers };
+        let f = SubnetAnycast.current(&ctx);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert!(f[0].evidence[0].contains("vmif") && f[0].evidence[0].contains("fdc0:3489:e0fd::/64"));
+        let toggle = parse_sysctl("net.ipv6.conf.all.forwarding=1").unwrap();
+        let f = SubnetAnycast.evaluate(&ctx, &toggle);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(f[0].stage, Some(StagePlan::DisableForwardingOn { ifaces: vec!["vmif".into()] }));
+        // Only the peering interface matters.
+        let other = parse_sysctl("net.ipv6.conf.other.forwarding=1").unwrap();
+        assert!(SubnetAnycast.evaluate(&ctx, &other).is_empty());
+        let default = parse_sysctl("net.ipv6.conf.default.forwarding=1").unwrap();
+        assert!(SubnetAnycast.evaluate(&ctx, &default).is_empty());
+        let off = parse_sysctl("net.ipv6.conf.all.forwarding=0").unwrap();
+        assert!(SubnetAnycast.evaluate(&ctx, &off).is_empty());
+        // FRR's `ipv6 forwarding` is the same toggle.
+        let frr = Intent::FrrCli { line: "ipv6 forwarding".into() };
+        assert_eq!(SubnetAnycast.evaluate(&ctx, &frr).len(), 1);
+    }
+
+    #[test]
+    fn forwarding_on_makes_it_critical_and_a_peer_at_one_is_never_flagged() {
+        let (mut m, peers) = lab("fdc0:3489:e0fd::");
+        m.apply(Change::Forwarding { v6: true, scope: ConfScope::Iface(2), value: 1 }, &mut vec![]);
+        let flows = FlowTable::default();
+        let ctx = Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers };
+        let f = SubnetAnycast.current(&ctx);
+        assert_eq!(f[0].severity, Severity::Critical);
+        let (m, peers) = lab("fdc0:3489:e0fd::2");
+        let ctx = Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers };
+        assert!(SubnetAnycast.current(&ctx).is_empty());
+        let toggle = parse_sysctl("net.ipv6.conf.all.forwarding=1").unwrap();
+        assert!(SubnetAnycast.evaluate(&ctx, &toggle).is_empty());
+    }
+}
