@@ -23,7 +23,9 @@ fn each_kernel_change_appears_within_one_second() {
     let d = Daemon::start(&ns, &[("ROUTEGUARD_KERNEL__SOCK_POLL_INTERVAL", "200ms")]);
     let base = d.json(&["status"]);
     assert_eq!(base["stale"], false);
-    assert_eq!(base["frr_state"], "not_configured");
+    // No FRR in this namespace: kernel-only mode, and status says why.
+    let frr = base["frr_state"].as_str().unwrap_or_default().to_string();
+    assert!(frr == "connecting" || frr.starts_with("unavailable"), "frr_state {frr}");
 
     // veth links.
     ns.ip(&["link", "add", "rgA", "type", "veth", "peer", "name", "rgB"]);

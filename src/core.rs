@@ -352,6 +352,10 @@ pub struct Core {
     pending: BTreeMap<u64, Pending>,
     next_change_id: u64,
     missed_last_poll: HashSet<FlowKey>,
+    /// Notifications received during a dump, replayed after it.
+    replay: Vec<(Vec<Change>, Instant)>,
+    /// An overrun happened during the running dump: dump again.
+    restart_dump: bool,
     exposures: VecDeque<Exposure>,
     findings_tx: watch::Sender<Vec<Finding>>,
     detectors: Vec<Box<dyn Detector>>,
@@ -420,6 +424,8 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         pending: BTreeMap::new(),
         next_change_id: 1,
         missed_last_poll: HashSet::new(),
+        replay: Vec::new(),
+        restart_dump: false,
         exposures: VecDeque::new(),
         findings_tx,
         detectors: hazards::all(),
@@ -459,7 +465,13 @@ impl Core {
                     None => { info!("query channel closed; core stops"); return; }
                 },
                 Some(msg) = dump_rx.recv() => self.process_dump(msg),
-                msg = mon_rx.recv(), if self.building.is_none() => match msg {
+                                msg = mon_rx.recv() => match msg {
+                    // During a dump, notifications wait to be replayed on
+                    // top of it; reading them keeps the monitor from
+                    // blocking while the kernel queues (see monitor.rs).
+                    Some(monitor::MonitorMsg::Changes(changes, at)) if self.building.is_some() => {
+                        self.replay.push((changes, at));
+                    }
                     Some(monitor::MonitorMsg::Changes(changes, at)) => {
                         self.apply_all(changes);
                         self.remediate(at);
@@ -468,7 +480,15 @@ impl Core {
                         self.overruns += 1;
                         warn!(overruns = self.overruns, "netlink overrun: notifications lost, model stale until re-dump");
                         self.stale = true;
-                        self.start_dump();
+                        if self.building.is_some() {
+                            // The running dump may have read tables before
+                            // the lost notifications: dump again when it ends.
+                            // Everything buffered so far predates the loss.
+                            self.restart_dump = true;
+                            self.replay.clear();
+                        } else {
+                            self.start_dump();
+                        }
                     }
                     None => { warn!("netlink monitor stopped; core stops"); return; }
                 },
@@ -532,6 +552,12 @@ impl Core {
                     building.apply(c, &mut sink);
                 }
             }
+            DumpMsg::Done(Ok(_)) if self.restart_dump => {
+                self.restart_dump = false;
+                self.building = None;
+                info!("re-dumping: an overrun happened during the dump");
+                self.start_dump();
+            }
             DumpMsg::Done(Ok(report)) => {
                 let mut fresh = self.building.take().unwrap_or_default();
                 // Not part of a netlink dump: carry over, then refresh.
@@ -561,11 +587,21 @@ impl Core {
                     "kernel dump complete"
                 );
                 self.publish(Applied { kind: "model", op: "resync", key: "full dump".into() });
+                // Notifications that arrived during the dump, in order.
+                let replay = std::mem::take(&mut self.replay);
+                let last = replay.last().map(|(_, at)| *at);
+                for (changes, _) in replay {
+                    self.apply_all(changes);
+                }
+                if let Some(at) = last {
+                    self.remediate(at);
+                }
                 self.spawn_sysctl_read();
                 self.ready_tx.send_replace(true);
             }
             DumpMsg::Done(Err(e)) => {
                 self.building = None;
+                self.restart_dump = false;
                 self.dump_failures += 1;
                 warn!(error = %e, failures = self.dump_failures, "kernel dump failed; retrying");
                 self.start_dump();

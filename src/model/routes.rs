@@ -208,17 +208,20 @@ pub enum RouteOp {
 /// RTPROT_RA: routes learned from router advertisements.
 const RTPROT_RA: u8 = 9;
 
-/// The device part of an IPv6 route's identity. IPv6 merges routes with a
-/// gateway at the same prefix and metric into one multipath route
-/// (`rt6_qualify_for_ecmp`), but keeps connected routes (e.g. `fe80::/64`
-/// on every interface) and RA-learned defaults as separate routes per
-/// device; those are told apart by their interface. IPv4 routes are
-/// identified by prefix, TOS and priority alone.
+/// The device part of a route's identity. Routes without a gateway can
+/// exist once per device at the same prefix and metric: connected routes
+/// (`fe80::/64` on every interface; an IPv4 /24 whose addresses sit on two
+/// links, added by the kernel with NLM_F_APPEND). IPv6 merges routes with a
+/// gateway into one multipath route (`rt6_qualify_for_ecmp`), except
+/// RA-learned defaults, which stay one per device. So: gateway routes are
+/// identified without their device (IPv6 RA routes and device routes with
+/// it).
 fn device_key(is_v6: bool, protocol: u8, attrs: &RouteAttrs) -> Option<u32> {
-    if !is_v6 || attrs.nhid.is_some() {
+    if attrs.nhid.is_some() {
         return None;
     }
-    let ecmp = protocol != RTPROT_RA && attrs.nexthops.iter().any(|n| n.gateway.is_some());
+    let ra = is_v6 && protocol == RTPROT_RA;
+    let ecmp = !ra && attrs.nexthops.iter().any(|n| n.gateway.is_some());
     if ecmp {
         None
     } else {
@@ -585,18 +588,29 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_connected_routes_on_two_devices_are_distinct() {
+        let mut t = RouteTables::default();
+        let dev = |ifindex| NextHop { gateway: None, ifindex, weight: 1, flags: 0 };
+        assert_eq!(t.upsert(route("10.0.0.0/24", 0, vec![dev(2)])), RouteOp::Added);
+        assert_eq!(t.upsert(route("10.0.0.0/24", 0, vec![dev(3)])), RouteOp::Added);
+        assert_eq!(t.count_v4(), 2);
+        assert_eq!(t.remove(&route("10.0.0.0/24", 0, vec![dev(2)])), RouteOp::Removed);
+        assert_eq!(t.count_v4(), 1);
+    }
+
+    #[test]
     fn several_routes_per_prefix_spill_and_collapse() {
         let mut t = RouteTables::default();
         t.upsert(route("10.0.0.0/24", 10, vec![nh("192.0.2.1", 2)]));
         t.upsert(route("10.0.0.0/24", 20, vec![nh("192.0.2.2", 2)]));
         t.upsert(route("10.0.0.0/24", 30, vec![nh("192.0.2.3", 2)]));
         assert_eq!(t.count_v4(), 3);
-        assert_eq!(t.remove(&route("10.0.0.0/24", 10, vec![])), RouteOp::Removed);
+        assert_eq!(t.remove(&route("10.0.0.0/24", 10, vec![nh("192.0.2.1", 2)])), RouteOp::Removed);
         let r = t.lookup(TABLE_MAIN, "10.0.0.5".parse().unwrap()).unwrap();
         assert_eq!(r.metric, 20);
-        assert_eq!(t.remove(&route("10.0.0.0/24", 99, vec![])), RouteOp::Missing);
-        assert_eq!(t.remove(&route("10.0.0.0/24", 20, vec![])), RouteOp::Removed);
-        assert_eq!(t.remove(&route("10.0.0.0/24", 30, vec![])), RouteOp::Removed);
+        assert_eq!(t.remove(&route("10.0.0.0/24", 99, vec![nh("192.0.2.1", 2)])), RouteOp::Missing);
+        assert_eq!(t.remove(&route("10.0.0.0/24", 20, vec![nh("192.0.2.2", 2)])), RouteOp::Removed);
+        assert_eq!(t.remove(&route("10.0.0.0/24", 30, vec![nh("192.0.2.3", 2)])), RouteOp::Removed);
         assert_eq!(t.count_v4(), 0);
         assert!(t.lookup(TABLE_MAIN, "10.0.0.5".parse().unwrap()).is_none());
     }
