@@ -3,6 +3,7 @@
 //! started inside one, and the CLI driven with `--json`.
 #![allow(dead_code)]
 
+pub mod bgp_lab;
 pub mod ecmp_lab;
 
 use std::io::{BufRead, BufReader};

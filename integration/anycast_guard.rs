@@ -1,0 +1,151 @@
+//! Subnet-Router anycast labs with the guard and real FRR (Debian's bgpd
+//! and zebra): VM peers over iBGP with HV numbered at `prefix::`. Every
+//! "session survives" check forces a reset (`clear bgp *`): an established
+//! session survives the toggle itself (its cached route stays valid) and
+//! only dies at its next reset (field-notes, Hazard 2). The control run
+//! without the guard is in `integration/anycast.rs`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::bgp_lab::BgpLab;
+use common::{eventually, Daemon};
+use serde_json::Value;
+
+const RESET_WITHIN: Duration = Duration::from_secs(10);
+const PREFIX: &str = "fdc0:3489:e0fd::";
+
+fn guard(lab: &BgpLab, extra: &[(&str, &str)]) -> Daemon {
+    let (vtysh, dir) = lab.vtysh_settings();
+    let mut env = vec![
+        ("ROUTEGUARD_FRR__VTYSH", vtysh.as_str()),
+        ("ROUTEGUARD_FRR__VTY_SOCKET_DIR", dir.as_str()),
+        ("ROUTEGUARD_FRR__POLL_INTERVAL", "300ms"),
+    ];
+    env.extend_from_slice(extra);
+    let d = Daemon::start(&lab.vm, &env);
+    // The guard knows the peer from FRR before anything is judged.
+    eventually(Duration::from_secs(10), || {
+        let p = d.json(&["peers"]);
+        let ok = p["frr_state"] == "up"
+            && p["peers"].as_array().unwrap().iter().any(|x| x["address"] == lab.peer.as_str() && x["source"] == "frr");
+        ok.then_some(()).ok_or(format!("{p}"))
+    });
+    d
+}
+
+fn sysctl(lab: &BgpLab, key: &str) -> String {
+    lab.vm.exec(&["sysctl", "-n", key]).trim().to_string()
+}
+
+fn anycast_on_vm_if(lab: &BgpLab) -> bool {
+    let t = lab.vm.exec(&["cat", "/proc/net/anycast6"]);
+    t.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 3 && f[1] == lab.vm_if && f[2] == "fdc03489e0fd00000000000000000000"
+    })
+}
+
+fn findings(d: &Daemon) -> Vec<Value> {
+    d.json(&["findings"])["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["hazard"] == "subnet_anycast")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn peer_is_listed_and_the_latent_conflict_flagged_while_forwarding_is_off() {
+    let lab = BgpLab::new("saA", true);
+    let d = guard(&lab, &[]);
+    let p = d.json(&["peers"]);
+    let peer = p["peers"].as_array().unwrap().iter().find(|x| x["address"] == PREFIX).unwrap().clone();
+    assert_eq!(peer["state"], "Established", "{peer}");
+    assert_eq!(peer["ifname"], lab.vm_if.as_str(), "{peer}");
+    assert_eq!(peer["prefix"], "fdc0:3489:e0fd::/64", "{peer}");
+    assert_eq!(peer["route_type"], "unicast", "{peer}");
+    let f = findings(&d);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["severity"], "warning");
+    assert!(f[0]["evidence"][0].as_str().unwrap().contains("forwarding off"), "{f:?}");
+}
+
+#[test]
+fn veto_keeps_forwarding_off_and_the_session_survives_a_reset() {
+    let lab = BgpLab::new("saB", true);
+    let d = guard(&lab, &[]);
+    let o = d.cli(&["propose", "--sysctl", "net.ipv6.conf.all.forwarding=1"], true);
+    assert_eq!(o.status.code(), Some(1), "a veto exits 1");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verdict"], "veto", "{v}");
+    assert!(v["fixes"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains("renumber")), "{v}");
+    // FRR's own knob is judged the same way.
+    let o = d.cli(&["evaluate", "--frr-cli", "ipv6 forwarding"], true);
+    assert_eq!(o.status.code(), Some(1), "a veto exits 1");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verdict"], "veto", "{v}");
+    assert_eq!(sysctl(&lab, "net.ipv6.conf.all.forwarding"), "0");
+    assert!(lab.reset_and_wait(RESET_WITHIN).is_some(), "session did not come back: {}", lab.state());
+}
+
+#[test]
+fn stage_turns_forwarding_on_without_capturing_the_peer() {
+    let lab = BgpLab::new("saC", true);
+    let d = guard(&lab, &[("ROUTEGUARD_HAZARDS__SUBNET_ANYCAST__ACTION", "stage")]);
+    let v = d.json(&["propose", "--sysctl", "net.ipv6.conf.all.forwarding=1"]);
+    assert_eq!((v["verdict"].as_str(), v["outcome"].as_str()), (Some("stage"), Some("applied")), "{v}");
+    assert!(v["side_effects"][0].as_str().unwrap().contains(&lab.vm_if), "{v}");
+    assert_eq!(sysctl(&lab, "net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(sysctl(&lab, &format!("net.ipv6.conf.{}.forwarding", lab.vm_if)), "0");
+    assert!(!anycast_on_vm_if(&lab), "the anycast must not be joined on the peering interface");
+    assert!(!lab.route_to_peer().contains("anycast"), "{}", lab.route_to_peer());
+    let t = lab.reset_and_wait(RESET_WITHIN);
+    assert!(t.is_some(), "session did not come back: {}", lab.state());
+    eprintln!("re-established {t:?} after reset");
+}
+
+#[test]
+fn forwarding_turned_on_behind_the_guards_back_is_undone_and_the_session_survives() {
+    let lab = BgpLab::new("saD", true);
+    let d = guard(&lab, &[]);
+    lab.vm_sysctl("net.ipv6.conf.all.forwarding=1");
+    let (s, t) = eventually(Duration::from_secs(1), || {
+        let s = d.json(&["status"]);
+        (!s["remediations"].as_array().unwrap().is_empty()).then_some(s.clone()).ok_or(format!("{s}"))
+    });
+    let line = s["remediations"][0].as_str().unwrap().to_string();
+    eprintln!("remediation seen after {t:?}: {line}");
+    assert!(line.contains(&lab.vm_if), "{line}");
+    assert_eq!(sysctl(&lab, &format!("net.ipv6.conf.{}.forwarding", lab.vm_if)), "0");
+    assert_eq!(sysctl(&lab, "net.ipv6.conf.all.forwarding"), "1", "forwarding itself stays on");
+    assert!(!anycast_on_vm_if(&lab));
+    assert!(lab.reset_and_wait(RESET_WITHIN).is_some(), "session did not come back: {}", lab.state());
+}
+
+#[test]
+fn without_remediation_the_conflict_is_reported_within_a_second() {
+    let lab = BgpLab::new("saE", true);
+    let d = guard(&lab, &[("ROUTEGUARD_HAZARDS__SUBNET_ANYCAST__REMEDIATE", "false")]);
+    lab.vm_sysctl("net.ipv6.conf.all.forwarding=1");
+    let (_, t) = eventually(Duration::from_secs(1), || {
+        let f = findings(&d);
+        f.iter().any(|x| x["severity"] == "critical").then_some(()).ok_or(format!("{f:?}"))
+    });
+    eprintln!("critical finding after {t:?}");
+    assert_eq!(sysctl(&lab, &format!("net.ipv6.conf.{}.forwarding", lab.vm_if)), "1", "nothing remediated");
+    assert!(lab.route_to_peer().contains("anycast"), "{}", lab.route_to_peer());
+}
+
+#[test]
+fn a_peer_at_two_is_never_flagged() {
+    let lab = BgpLab::new("saF", false);
+    let d = guard(&lab, &[]);
+    assert!(findings(&d).is_empty());
+    let v = d.json(&["propose", "--sysctl", "net.ipv6.conf.all.forwarding=1"]);
+    assert_eq!((v["verdict"].as_str(), v["outcome"].as_str()), (Some("allow"), Some("applied")), "{v}");
+    assert!(findings(&d).is_empty());
+    assert!(lab.reset_and_wait(RESET_WITHIN).is_some());
+}
