@@ -70,6 +70,7 @@ fn peer_is_listed_and_the_latent_conflict_flagged_while_forwarding_is_off() {
     let f = findings(&d);
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0]["severity"], "warning");
+    assert_eq!(d.json(&["status"])["findings"]["subnet_anycast/warning"], 1);
     assert!(f[0]["evidence"][0].as_str().unwrap().contains("forwarding off"), "{f:?}");
 }
 
@@ -88,6 +89,7 @@ fn veto_keeps_forwarding_off_and_the_session_survives_a_reset() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["verdict"], "veto", "{v}");
     assert_eq!(sysctl(&lab, "net.ipv6.conf.all.forwarding"), "0");
+    assert_eq!(d.json(&["status"])["verdicts"]["veto"], 2, "both judgements are counted");
     assert!(lab.reset_and_wait(RESET_WITHIN).is_some(), "session did not come back: {}", lab.state());
 }
 

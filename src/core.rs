@@ -194,6 +194,10 @@ pub struct StatusInfo {
     pub frr_state: String,
     /// Latest remediations (newest last).
     pub remediations: Vec<String>,
+    /// Current findings per `hazard/severity`.
+    pub findings: BTreeMap<String, u64>,
+    /// Verdicts issued since start, per kind.
+    pub verdicts: BTreeMap<String, u64>,
 }
 
 /// Answer to [`Query::Lookup`].
@@ -260,6 +264,20 @@ pub struct CoreHandle {
     pub monitor_stats: Arc<monitor::MonitorStats>,
     /// The current findings, republished when they change.
     pub findings_rx: watch::Receiver<Vec<Finding>>,
+}
+
+/// The core has stopped (the daemon is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("routeguard core is shutting down")]
+pub struct CoreGone;
+
+impl CoreHandle {
+    /// Sends a query built around a fresh reply channel and awaits the answer.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, CoreGone> {
+        let (tx, rx) = oneshot::channel();
+        self.query_tx.send(make(tx)).await.map_err(|_| CoreGone)?;
+        rx.await.map_err(|_| CoreGone)
+    }
 }
 
 /// Inputs from the blocking helpers and writer tasks.
@@ -365,6 +383,7 @@ pub struct Core {
     /// Interfaces with a remediation in flight.
     remediating: BTreeSet<String>,
     remediations: VecDeque<String>,
+    verdicts: BTreeMap<String, u64>,
 }
 
 /// Starts the monitor (subscribing before anything is dumped) and the core
@@ -434,6 +453,7 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         frr_polling: false,
         remediating: BTreeSet::new(),
         remediations: VecDeque::new(),
+        verdicts: BTreeMap::new(),
     };
     tokio::spawn(core.run(mon_rx, dump_rx, query_rx, input_rx));
     Ok(CoreHandle { query_tx, events_tx, ready_rx, monitor_stats: stats, findings_rx })
@@ -686,6 +706,11 @@ impl Core {
                     armed_flows: self.armed_count(),
                     frr_state: self.frr_state.clone(),
                     remediations: self.remediations.iter().cloned().collect(),
+                    findings: self.findings().iter().fold(BTreeMap::new(), |mut m, f| {
+                        *m.entry(format!("{}/{}", f.hazard, severity_name(f.severity))).or_default() += 1;
+                        m
+                    }),
+                    verdicts: self.verdicts.clone(),
                 });
             }
             Query::Lookup { addr, table, reply } => {
@@ -714,6 +739,7 @@ impl Core {
             }
             Query::Evaluate { intent, reply } => {
                 let d = self.decide(&intent);
+                self.count_verdict(&d);
                 info!(verdict = d.verdict.kind(), intent = ?intent, findings = d.findings.len(), "evaluated change");
                 let _ = reply.send(d);
             }
@@ -809,6 +835,15 @@ fn describe_change(c: &Change) -> String {
         Change::Nexthop(n) => format!("nexthop id {} changed", n.id),
         Change::NexthopGone(id) => format!("nexthop id {id} removed"),
         _ => "kernel change".into(),
+    }
+}
+
+/// `info`, `warning` or `critical`.
+pub fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Critical => "critical",
     }
 }
 
@@ -1130,6 +1165,10 @@ impl Core {
         });
     }
 
+    fn count_verdict(&mut self, d: &Decision) {
+        *self.verdicts.entry(d.verdict.kind().to_string()).or_default() += 1;
+    }
+
     fn decide(&self, intent: &Intent) -> Decision {
         let mut d = policy::decide(self.context_findings(Some(intent)), &self.settings.hazards);
         if self.stale {
@@ -1147,6 +1186,7 @@ impl Core {
 
     fn propose(&mut self, ask: ChangeAsk, reply: oneshot::Sender<ProposeOutcome>) {
         let decision = self.decide(&ask.intent);
+        self.count_verdict(&decision);
         info!(
             verdict = decision.verdict.kind(),
             requester = %ask.requester,

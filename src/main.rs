@@ -141,6 +141,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One-shot audit, no daemon needed: dump the kernel (and FRR if
+    /// reachable), run the self-test and every detector, print the
+    /// findings with evidence and fixes. Exit status: 0 when nothing is at
+    /// or above --fail-on, 1 when something is, 2 when the audit could not
+    /// run.
+    Audit {
+        /// Lowest severity that fails the audit.
+        #[arg(long, default_value = "warning", value_parser = ["info", "warning", "critical"])]
+        fail_on: String,
+        /// TOML configuration file (FRR access, self-test settings).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dump the kernel once, without a daemon, and print the model digest
     /// and counts (compare with `status --digest`).
     #[command(hide = true)]
@@ -215,6 +231,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Propose { change, socket, json } => change_cmd(socket.socket, change, json, true).await,
         Command::Pending { socket, json } => pending(socket.socket, json).await,
         Command::Peers { socket, json } => peers(socket.socket, json).await,
+        Command::Audit { fail_on, config, json } => audit(config, &fail_on, json).await,
         Command::DebugDigest => debug_digest().await,
     }
 }
@@ -229,6 +246,27 @@ fn init_logging(cfg: &Config) {
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
             builder.with_ansi(tty).init()
         }
+    }
+}
+
+fn core_settings(cfg: &Config, selftest_cache: PathBuf) -> CoreSettings {
+    CoreSettings {
+        netlink_rcvbuf: cfg.kernel.netlink_rcvbuf,
+        sock_poll_interval: cfg.kernel.sock_poll_interval,
+        sysctl_poll_interval: cfg.kernel.sysctl_poll_interval,
+        proc_sys: PathBuf::from("/proc/sys"),
+        hazards: cfg.hazards.clone(),
+        selftest: cfg
+            .selftest
+            .on_start
+            .then_some(core::SelftestSettings { connections: cfg.selftest.connections, cache: selftest_cache }),
+        observe_syns: cfg.kernel.observe_syns,
+        vtysh: routeguard::frr::vtysh::Vtysh {
+            binary: cfg.frr.vtysh.clone(),
+            socket_dir: (!cfg.frr.vty_socket_dir.as_os_str().is_empty()).then(|| cfg.frr.vty_socket_dir.clone()),
+            timeout: cfg.frr.timeout,
+        },
+        frr_poll_interval: cfg.frr.poll_interval,
     }
 }
 
@@ -248,25 +286,8 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
     let listener = routeguard::api::server::bind_unix(&cfg.socket).await?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state_dir {}", cfg.state_dir.display()))?;
-    let core = core::start(CoreSettings {
-        netlink_rcvbuf: cfg.kernel.netlink_rcvbuf,
-        sock_poll_interval: cfg.kernel.sock_poll_interval,
-        sysctl_poll_interval: cfg.kernel.sysctl_poll_interval,
-        proc_sys: PathBuf::from("/proc/sys"),
-        hazards: cfg.hazards.clone(),
-        selftest: cfg.selftest.on_start.then(|| core::SelftestSettings {
-            connections: cfg.selftest.connections,
-            cache: cfg.state_dir.join("selftest.json"),
-        }),
-        observe_syns: cfg.kernel.observe_syns,
-        vtysh: routeguard::frr::vtysh::Vtysh {
-            binary: cfg.frr.vtysh.clone(),
-            socket_dir: (!cfg.frr.vty_socket_dir.as_os_str().is_empty()).then(|| cfg.frr.vty_socket_dir.clone()),
-            timeout: cfg.frr.timeout,
-        },
-        frr_poll_interval: cfg.frr.poll_interval,
-    })
-    .context("cannot open the netlink monitor")?;
+    let core = core::start(core_settings(&cfg, cfg.state_dir.join("selftest.json")))
+        .context("cannot open the netlink monitor")?;
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
@@ -294,7 +315,9 @@ async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<
             "events_applied": s.events_applied, "frr_state": s.frr_state,
             "last_dump_ms": s.last_dump_ms, "counts": counts, "sysctls": sysctls,
                         "selftest": s.selftest, "pending": s.pending, "armed_flows": s.armed_flows,
-            "remediations": s.remediations,
+                        "remediations": s.remediations,
+            "findings": s.findings.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "verdicts": s.verdicts.iter().collect::<std::collections::BTreeMap<_, _>>(),
         });
         if digest {
             v["model_digest"] = json!(s.model_digest);
@@ -312,6 +335,14 @@ async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<
         println!("model: {state}; overruns {}, resyncs {}, events {}", s.overruns, s.resyncs, s.events_applied);
         println!("frr: {}; self-test: {}", s.frr_state, s.selftest);
         println!("armed flows: {}; pending changes: {}", s.armed_flows, s.pending);
+        let mut f: Vec<_> = s.findings.iter().collect();
+        f.sort();
+        for (k, n) in f {
+            println!("  finding {k}: {n}");
+        }
+        for r in &s.remediations {
+            println!("  remediated: {r}");
+        }
         let mut counts: Vec<_> = s.counts.iter().collect();
         counts.sort();
         for (k, v) in counts {
@@ -586,4 +617,72 @@ async fn peers(socket: PathBuf, as_json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the daemon's core in-process until it has a complete picture: the
+/// first dump, the self-test, one FRR poll, a socket poll and the
+/// predictions for the flows it found.
+async fn audit(config: Option<PathBuf>, fail_on: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    use routeguard::core::Query;
+    use routeguard::hazards::Severity;
+    let mut cfg = Config::load_from_process(config.as_deref())?;
+    // Poll sockets quickly: the audit waits for one poll and its predictions.
+    cfg.kernel.sock_poll_interval = std::time::Duration::from_millis(200);
+    // Flows opened before the audit cannot be observed: nothing to watch.
+    cfg.kernel.observe_syns = false;
+    let cache_dir = tempfile_dir()?;
+    let core = core::start(core_settings(&cfg, cache_dir.join("selftest.json"))).context("cannot open netlink")?;
+    let mut ready = core.ready_rx.clone();
+    tokio::time::timeout(std::time::Duration::from_secs(120), ready.wait_for(|r| *r))
+        .await
+        .context("the kernel dump did not complete within 120 s")??;
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let s = core.ask(|reply| Query::Status { digest: false, reply }).await?;
+        // Two socket polls so the flows and their predictions are in.
+        let settled = s.selftest != "running" && s.frr_state != "connecting";
+        if settled || tokio::time::Instant::now() > deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            break core.ask(|reply| Query::Status { digest: false, reply }).await?;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let (findings, stale) = core.ask(|reply| Query::Findings { reply }).await?;
+    let threshold = Severity::parse(fail_on).unwrap_or(Severity::Warning);
+    let failing = findings.iter().filter(|f| f.severity >= threshold).count();
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "kernel": routeguard::kernel_release(), "selftest": status.selftest, "frr_state": status.frr_state,
+                "stale": stale, "counts": status.counts, "fail_on": fail_on, "failing": failing,
+                "findings": findings,
+            })
+        );
+    } else {
+        println!("routeguard audit on Linux {}", routeguard::kernel_release());
+        println!("self-test: {}; frr: {}", status.selftest, status.frr_state);
+        if findings.is_empty() {
+            println!("no hazards found");
+        }
+        for f in &findings {
+            println!("[{}] {}: {}", core::severity_name(f.severity), f.hazard, f.summary);
+            for e in &f.evidence {
+                println!("    {e}");
+            }
+            for m in &f.mitigations {
+                println!("  fix {}: {} (side effects: {})", m.name, m.description, m.side_effects);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    Ok(if failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// A private scratch directory for the audit's self-test cache.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("routeguard-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }

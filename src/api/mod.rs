@@ -49,9 +49,7 @@ impl GuardService {
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.core.query_tx.send(make(tx)).await.map_err(|_| Status::unavailable("routeguard core is shutting down"))?;
-        rx.await.map_err(|_| Status::unavailable("routeguard core is shutting down"))
+        self.core.ask(make).await.map_err(|e| Status::unavailable(e.to_string()))
     }
 }
 
@@ -125,7 +123,7 @@ type FindingsStream = Pin<Box<dyn Stream<Item = Result<pb::ListFindingsResponse,
 pub fn finding_to_pb(f: &Finding) -> pb::Finding {
     pb::Finding {
         hazard: f.hazard.into(),
-        severity: serde_json::to_value(f.severity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        severity: crate::core::severity_name(f.severity).into(),
         summary: f.summary.clone(),
         breaks: f.breaks as u64,
         evidence: f.evidence.clone(),
@@ -213,6 +211,8 @@ impl pb::guard_server::Guard for GuardService {
             events_applied: s.events_applied,
             frr_state: s.frr_state,
             remediations: s.remediations,
+            findings: s.findings.into_iter().collect(),
+            verdicts: s.verdicts.into_iter().collect(),
             model_digest: s.digest.unwrap_or_default(),
             sysctls: s.sysctls.into_iter().collect(),
             last_dump_ms: s.last_dump.as_millis() as u64,

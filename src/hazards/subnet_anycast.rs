@@ -162,7 +162,7 @@ fn finding(ctx: &Context<'_>, severity: Severity, summary: String, cs: &[&Confli
         breaks: cs.len(),
         evidence,
         mitigations: mitigations(&ifaces),
-        stage: (severity == Severity::Critical).then(|| StagePlan::DisableForwardingOn { ifaces }),
+        stage: (severity == Severity::Critical).then_some(StagePlan::DisableForwardingOn { ifaces }),
     }
 }
 
