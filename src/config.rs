@@ -79,6 +79,8 @@ pub struct Config {
     pub selftest: SelftestConfig,
     /// FRR.
     pub frr: FrrConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
     /// Hazard policies.
     pub hazards: crate::policy::HazardsConfig,
 }
@@ -109,6 +111,17 @@ impl Default for FrrConfig {
             timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// `[metrics]`: Prometheus text exposition over HTTP. Off unless `listen`
+/// is set; an address other than loopback needs `allow_remote = true`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the /metrics listener, e.g. "127.0.0.1:9474".
+    pub listen: Option<SocketAddr>,
+    /// Allow a non-loopback `listen` address.
+    pub allow_remote: bool,
 }
 
 /// `[selftest]`.
@@ -181,6 +194,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             selftest: SelftestConfig::default(),
             frr: FrrConfig::default(),
+            metrics: MetricsConfig::default(),
             hazards: crate::policy::HazardsConfig::default(),
         }
     }
@@ -314,6 +328,14 @@ impl Config {
             return Err("key `kernel.netlink_rcvbuf` must be at least 4096 bytes".into());
         }
         self.hazards.validate()?;
+        if let Some(a) = self.metrics.listen {
+            if !a.ip().is_loopback() && !self.metrics.allow_remote {
+                return Err(format!(
+                    "key `metrics.listen` = {a} is not a loopback address; set `metrics.allow_remote = true` to \
+                     expose metrics off the host"
+                ));
+            }
+        }
         if self.frr.poll_interval < Duration::from_millis(100) {
             return Err("key `frr.poll_interval` must be at least 100ms".into());
         }
@@ -420,7 +442,7 @@ mod tests {
 
     /// examples/routeguard.toml documents every key with its default: with
     /// every setting uncommented it must parse, and (apart from the
-    /// optional TLS listener, whose values are examples) equal the defaults.
+    /// optional listeners, whose values are examples) equal the defaults.
     #[test]
     fn example_config_documents_every_key_with_its_default() {
         let text = include_str!("../examples/routeguard.toml");
@@ -434,7 +456,8 @@ mod tests {
             .collect();
         let f = write(&uncommented);
         let c = Config::load(Some(f.path()), &[]).unwrap();
-        let expected = Config { api: c.api.clone(), ..Config::default() };
+        // Optional listeners show example values, not defaults.
+        let expected = Config { api: c.api.clone(), metrics: c.metrics.clone(), ..Config::default() };
         assert_eq!(c, expected);
         assert!(c.api.listen.is_some() && c.api.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
         // Every known key appears in the example.

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::frr::vtysh::Vtysh;
 use crate::hazards::{self, Context, Detector, Finding, KernelFacts, Severity};
 use crate::kernel::{dump, monitor, route_get, sockdiag, syn_observer, sysctl, writer};
+use crate::metrics::{FindingLabel, KindLabel, Metrics, VerdictLabel};
 use crate::model::flows::{Flow, FlowKey, FlowTable, MemberId, Observation};
 use crate::model::peers::{self, Peer, PeerView};
 use crate::model::{Applied, Change, Model, Resolved, TcpSocket};
@@ -95,6 +96,15 @@ pub enum Query {
     Pending {
         /// Reply.
         reply: oneshot::Sender<Vec<PendingView>>,
+    },
+    /// New hazard policies and FRR access (SIGHUP reload).
+    Reconfigure {
+        /// Hazard policies.
+        hazards: HazardsConfig,
+        /// vtysh access.
+        vtysh: Vtysh,
+        /// Reply once applied.
+        reply: oneshot::Sender<()>,
     },
     /// BGP peers and where the kernel reaches them.
     Peers {
@@ -240,6 +250,8 @@ pub struct CoreSettings {
     pub vtysh: Vtysh,
     /// How often FRR's BGP neighbors are read.
     pub frr_poll_interval: Duration,
+    /// Where to record metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How the daemon runs its self-test.
@@ -292,8 +304,9 @@ enum Input {
         id: u64,
         result: Result<String, String>,
     },
-    /// FRR's BGP neighbors, or why they could not be read.
-    FrrPeers(Result<Vec<Peer>, String>),
+    /// FRR's BGP neighbors, or why they could not be read, and how long
+    /// the poll took.
+    FrrPeers(Result<Vec<Peer>, String>, Duration),
     /// A remediation finished.
     Remediated {
         ifaces: Vec<String>,
@@ -384,6 +397,7 @@ pub struct Core {
     remediating: BTreeSet<String>,
     remediations: VecDeque<String>,
     verdicts: BTreeMap<String, u64>,
+    finding_labels: BTreeSet<(String, String)>,
 }
 
 /// Starts the monitor (subscribing before anything is dumped) and the core
@@ -454,7 +468,9 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         remediating: BTreeSet::new(),
         remediations: VecDeque::new(),
         verdicts: BTreeMap::new(),
+        finding_labels: BTreeSet::new(),
     };
+    core.settings.metrics.stale.set(1);
     tokio::spawn(core.run(mon_rx, dump_rx, query_rx, input_rx));
     Ok(CoreHandle { query_tx, events_tx, ready_rx, monitor_stats: stats, findings_rx })
 }
@@ -497,7 +513,9 @@ impl Core {
                         self.remediate(at);
                     }
                     Some(monitor::MonitorMsg::Overrun) => {
-                        self.overruns += 1;
+                                                self.overruns += 1;
+                        self.settings.metrics.overruns.inc();
+                        self.settings.metrics.stale.set(1);
                         warn!(overruns = self.overruns, "netlink overrun: notifications lost, model stale until re-dump");
                         self.stale = true;
                         if self.building.is_some() {
@@ -592,7 +610,9 @@ impl Core {
                 self.last_dump = report.elapsed;
                 if self.ever_dumped {
                     self.resyncs += 1;
+                    self.settings.metrics.resyncs.inc();
                 }
+                self.settings.metrics.stale.set(0);
                 self.ever_dumped = true;
                 info!(
                     elapsed_ms = report.elapsed.as_millis() as u64,
@@ -650,6 +670,8 @@ impl Core {
             }
         }
         self.events_applied += applied.len() as u64;
+        self.settings.metrics.events.inc_by(applied.len() as u64);
+        self.update_model_gauges();
         for a in applied.drain(..) {
             self.publish(a);
         }
@@ -762,6 +784,15 @@ impl Core {
                     })
                     .collect();
                 let _ = reply.send(list);
+            }
+            Query::Reconfigure { hazards, vtysh, reply } => {
+                if hazards != self.settings.hazards {
+                    info!(hazards = ?hazards, "hazard policies reloaded");
+                }
+                self.settings.hazards = hazards;
+                self.settings.vtysh = vtysh;
+                self.publish_findings();
+                let _ = reply.send(());
             }
             Query::Peers { reply } => {
                 let views = self.peers().iter().map(|p| peers::view(&self.model, p)).collect();
@@ -901,8 +932,10 @@ impl Core {
                 self.publish_findings();
             }
             Input::Done { id, result } => self.finish_change(id, result),
-            Input::FrrPeers(r) => {
+            Input::FrrPeers(r, took) => {
                 self.frr_polling = false;
+                self.settings.metrics.frr_poll_seconds.observe(took.as_secs_f64());
+                self.settings.metrics.frr_up.set(i64::from(r.is_ok()));
                 let state = match r {
                     Ok(p) => {
                         self.frr_peers = p;
@@ -917,6 +950,7 @@ impl Core {
                 self.publish_findings();
             }
             Input::Remediated { ifaces, latency, result } => {
+                self.settings.metrics.remediation_seconds.observe(latency.as_secs_f64());
                 for i in &ifaces {
                     self.remediating.remove(i);
                 }
@@ -946,8 +980,9 @@ impl Core {
         let vtysh = self.settings.vtysh.clone();
         let tx = self.input_tx.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             let r = vtysh.bgp_neighbors().await.map_err(|e| e.to_string());
-            let _ = tx.send(Input::FrrPeers(r)).await;
+            let _ = tx.send(Input::FrrPeers(r, started.elapsed())).await;
         });
     }
 
@@ -1155,6 +1190,18 @@ impl Core {
 
     fn publish_findings(&mut self) {
         let f = self.findings();
+        let m = &self.settings.metrics;
+        // Labels seen before but absent now go back to 0.
+        let mut counts: BTreeMap<(String, String), i64> = self.finding_labels.iter().map(|k| (k.clone(), 0)).collect();
+        for x in &f {
+            *counts.entry((x.hazard.to_string(), severity_name(x.severity).to_string())).or_default() += 1;
+        }
+        for ((hazard, severity), n) in &counts {
+            m.findings.get_or_create(&FindingLabel { hazard: hazard.clone(), severity: severity.clone() }).set(*n);
+        }
+        self.finding_labels = counts.into_keys().collect();
+        m.pending.set(self.pending.len() as i64);
+        m.armed_flows.set(self.armed_count() as i64);
         self.findings_tx.send_if_modified(|cur| {
             if *cur == f {
                 false
@@ -1167,6 +1214,13 @@ impl Core {
 
     fn count_verdict(&mut self, d: &Decision) {
         *self.verdicts.entry(d.verdict.kind().to_string()).or_default() += 1;
+        self.settings.metrics.verdicts.get_or_create(&VerdictLabel { verdict: d.verdict.kind().into() }).inc();
+    }
+
+    fn update_model_gauges(&self) {
+        for (kind, n) in self.model.counts() {
+            self.settings.metrics.model_objects.get_or_create(&KindLabel { kind }).set(n as i64);
+        }
     }
 
     fn decide(&self, intent: &Intent) -> Decision {
@@ -1239,6 +1293,7 @@ impl Core {
                     },
                 );
                 let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome: "pending", message: state });
+                self.settings.metrics.pending.set(self.pending.len() as i64);
             }
         }
     }
@@ -1313,6 +1368,7 @@ impl Core {
     }
 
     fn finish_change(&mut self, id: u64, result: Result<String, String>) {
+        self.settings.metrics.pending.set(self.pending.len().saturating_sub(1) as i64);
         if self.pending.remove(&id).is_some() {
             match result {
                 Ok(m) => info!(change = id, detail = %m, "held change applied"),

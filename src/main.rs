@@ -267,40 +267,134 @@ fn core_settings(cfg: &Config, selftest_cache: PathBuf) -> CoreSettings {
             timeout: cfg.frr.timeout,
         },
         frr_poll_interval: cfg.frr.poll_interval,
+        metrics: routeguard::metrics::Metrics::new(),
     }
 }
 
 async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     // Configuration is complete and valid before anything is bound.
     let mut cfg = Config::load_from_process(config.as_deref())?;
-    if let Some(s) = socket {
-        cfg.socket = s;
+    if let Some(s) = &socket {
+        cfg.socket = s.clone();
     }
     init_logging(&cfg);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         kernel = %routeguard::kernel_release(),
         config = %config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
-        "routeguard starting (kernel-only mode: no FRR configured)"
+        "routeguard starting"
     );
     let listener = routeguard::api::server::bind_unix(&cfg.socket).await?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state_dir {}", cfg.state_dir.display()))?;
-    let core = core::start(core_settings(&cfg, cfg.state_dir.join("selftest.json")))
-        .context("cannot open the netlink monitor")?;
-    let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        }
+    let settings = core_settings(&cfg, cfg.state_dir.join("selftest.json"));
+    let metrics = settings.metrics.clone();
+    let core = core::start(settings).context("cannot open the netlink monitor")?;
+
+    // One shutdown signal for every server.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
-    routeguard::api::server::serve(&cfg, listener, core, routeguard::kernel_release(), shutdown).await?;
+    if let Some(addr) = cfg.metrics.listen {
+        routeguard::metrics::serve(addr, metrics, stopped(stop_rx.clone()))
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    }
+    tokio::spawn(notify_systemd(core.clone()));
+    tokio::spawn(handle_signals(core.clone(), config.clone(), socket, stop_tx));
+    routeguard::api::server::serve(&cfg, listener, core, routeguard::kernel_release(), stopped(stop_rx)).await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("routeguard stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (Type=notify) the daemon is ready once the first full
+/// dump and the self-test are done, then keeps the watchdog fed while the
+/// core answers queries. Without NOTIFY_SOCKET these are no-ops.
+async fn notify_systemd(core: core::CoreHandle) {
+    let mut ready = core.ready_rx.clone();
+    if ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
+    loop {
+        match core.ask(|reply| core::Query::Status { digest: false, reply }).await {
+            Ok(s) if s.selftest != "running" => break,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(_) => return,
+        }
+    }
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+    tracing::info!("ready: first dump and self-test done");
+    let Some(period) = sd_notify::watchdog_enabled() else { return };
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tick.tick().await;
+        // A core that no longer answers must not be kept alive.
+        let alive = tokio::time::timeout(period / 4, core.ask(|reply| core::Query::Status { digest: false, reply }))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if alive {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!("core did not answer; withholding the watchdog keep-alive");
+        }
+    }
+}
+
+/// SIGTERM/SIGINT: stop. SIGHUP: reload the config file; an invalid one is
+/// logged and the running configuration kept. Hazard policies and FRR
+/// access apply at once; other keys need a restart (logged).
+async fn handle_signals(
+    core: core::CoreHandle,
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut current = Config::load_from_process(config.as_deref()).ok();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match Config::load_from_process(config.as_deref()) {
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: invalid configuration, keeping the running one"),
+                    Ok(mut new) => {
+                        if let Some(s) = &socket {
+                            new.socket = s.clone();
+                        }
+                        if let Some(old) = &current {
+                            let needs_restart = old.socket != new.socket
+                                || old.state_dir != new.state_dir
+                                || old.kernel != new.kernel
+                                || old.api != new.api
+                                || old.metrics != new.metrics
+                                || old.log_format != new.log_format;
+                            if needs_restart {
+                                tracing::warn!("SIGHUP: socket, state_dir, [kernel], [api], [metrics] and logging changes take effect after a restart");
+                            }
+                        }
+                        let vtysh = core_settings(&new, PathBuf::new()).vtysh;
+                        let applied = core.ask(|reply| core::Query::Reconfigure { hazards: new.hazards.clone(), vtysh, reply }).await;
+                        if applied.is_ok() {
+                            tracing::info!("SIGHUP: configuration reloaded");
+                            current = Some(new);
+                        }
+                    }
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
 }
 
 async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<ExitCode> {
