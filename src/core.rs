@@ -307,6 +307,15 @@ enum Input {
     /// FRR's BGP neighbors, or why they could not be read, and how long
     /// the poll took.
     FrrPeers(Result<Vec<Peer>, String>, Duration),
+    /// The guard's hairpin reflection filters as nftables has them.
+    HairpinFilters(Result<BTreeSet<String>, String>),
+    /// A hairpin filter was installed (or removed) after the fact.
+    HairpinRemediated {
+        port: String,
+        install: bool,
+        latency: Duration,
+        result: Result<(), String>,
+    },
     /// A remediation finished.
     Remediated {
         ifaces: Vec<String>,
@@ -398,6 +407,10 @@ pub struct Core {
     remediations: VecDeque<String>,
     verdicts: BTreeMap<String, u64>,
     finding_labels: BTreeSet<(String, String)>,
+    /// Bridge ports with the guard's reflection filter.
+    hairpin_filters: BTreeSet<String>,
+    /// Ports with a filter change in flight (stage or remediation).
+    hairpin_busy: BTreeSet<String>,
 }
 
 /// Starts the monitor (subscribing before anything is dumped) and the core
@@ -469,6 +482,8 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         remediations: VecDeque::new(),
         verdicts: BTreeMap::new(),
         finding_labels: BTreeSet::new(),
+        hairpin_filters: BTreeSet::new(),
+        hairpin_busy: BTreeSet::new(),
     };
     core.settings.metrics.stale.set(1);
     tokio::spawn(core.run(mon_rx, dump_rx, query_rx, input_rx));
@@ -485,6 +500,7 @@ impl Core {
     ) {
         self.start_dump();
         self.start_selftest();
+        self.spawn_hairpin_filter_read();
         let mut pending_tick = tokio::time::interval(Duration::from_millis(500));
         let mut frr_tick = tokio::time::interval(self.settings.frr_poll_interval);
         frr_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -508,9 +524,10 @@ impl Core {
                     Some(monitor::MonitorMsg::Changes(changes, at)) if self.building.is_some() => {
                         self.replay.push((changes, at));
                     }
-                    Some(monitor::MonitorMsg::Changes(changes, at)) => {
+                                        Some(monitor::MonitorMsg::Changes(changes, at)) => {
                         self.apply_all(changes);
                         self.remediate(at);
+                        self.remediate_hairpin(at);
                     }
                     Some(monitor::MonitorMsg::Overrun) => {
                                                 self.overruns += 1;
@@ -949,6 +966,38 @@ impl Core {
                 }
                 self.publish_findings();
             }
+            Input::HairpinFilters(r) => match r {
+                Ok(set) => {
+                    self.hairpin_filters = set;
+                    self.publish_findings();
+                    self.remediate_hairpin(Instant::now());
+                }
+                Err(e) => warn!(error = %e, "cannot read the hairpin reflection filters (is nftables installed?)"),
+            },
+            Input::HairpinRemediated { port, install, latency, result } => {
+                self.hairpin_busy.remove(&port);
+                let line = match &result {
+                    Ok(()) if install => {
+                        self.hairpin_filters.insert(port.clone());
+                        self.settings.metrics.remediation_seconds.observe(latency.as_secs_f64());
+                        format!(
+                            "installed the hairpin reflection filter on {port} {:.3} ms after the kernel reported hairpin on",
+                            latency.as_secs_f64() * 1000.0
+                        )
+                    }
+                    Ok(()) => {
+                        self.hairpin_filters.remove(&port);
+                        format!("removed the hairpin reflection filter on {port}: hairpin is off")
+                    }
+                    Err(e) => format!("hairpin filter change on {port} failed: {e}"),
+                };
+                warn!(hazard = "hairpin_dad", latency_us = latency.as_micros() as u64, outcome = %line, "remediation");
+                if self.remediations.len() >= MAX_EXPOSURES {
+                    self.remediations.pop_front();
+                }
+                self.remediations.push_back(line);
+                self.publish_findings();
+            }
             Input::Remediated { ifaces, latency, result } => {
                 self.settings.metrics.remediation_seconds.observe(latency.as_secs_f64());
                 for i in &ifaces {
@@ -986,6 +1035,52 @@ impl Core {
         });
     }
 
+    fn spawn_hairpin_filter_read(&self) {
+        let tx = self.input_tx.clone();
+        tokio::spawn(async move {
+            let r = tokio::task::spawn_blocking(writer::hairpin_filters)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let _ = tx.send(Input::HairpinFilters(r)).await;
+        });
+    }
+
+    /// After the fact: hairpin was turned on behind the guard's back:
+    /// install the reflection filter at once; hairpin went off (or the port
+    /// went away): remove the filter the guard owns.
+    fn remediate_hairpin(&mut self, received: Instant) {
+        if !self.settings.hazards.hairpin_dad.remediate || self.stale {
+            return;
+        }
+        let hairpin: BTreeSet<String> = self
+            .model
+            .links
+            .values()
+            .filter(|l| l.bridge_port.as_ref().is_some_and(|b| b.hairpin))
+            .map(|l| l.name.clone())
+            .collect();
+        let install: Vec<String> = hairpin.difference(&self.hairpin_filters).cloned().collect();
+        let remove: Vec<String> = self.hairpin_filters.difference(&hairpin).cloned().collect();
+        for (port, inst) in install.into_iter().map(|p| (p, true)).chain(remove.into_iter().map(|p| (p, false))) {
+            if !self.hairpin_busy.insert(port.clone()) {
+                continue;
+            }
+            let tx = self.input_tx.clone();
+            tokio::spawn(async move {
+                let p = port.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    if inst { writer::install_hairpin_filter(&p) } else { writer::remove_hairpin_filter(&p) }
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                let latency = received.elapsed();
+                let _ = tx.send(Input::HairpinRemediated { port, install: inst, latency, result }).await;
+            });
+        }
+    }
+
     fn peers(&self) -> Vec<Peer> {
         peers::merge(&self.frr_peers, &self.model)
     }
@@ -1001,13 +1096,20 @@ impl Core {
         }
         let peers = self.peers();
         let facts = self.facts();
-        let ctx = Context { model: &self.model, flows: &self.flows, kernel: &facts, peers: &peers };
+        let ctx = Context {
+            model: &self.model,
+            flows: &self.flows,
+            kernel: &facts,
+            peers: &peers,
+            hairpin_filters: &self.hairpin_filters,
+        };
         let mut ifaces: Vec<String> = hazards::subnet_anycast::SubnetAnycast
             .current(&ctx)
             .into_iter()
             .filter_map(|f| f.stage)
             .flat_map(|p| match p {
                 hazards::StagePlan::DisableForwardingOn { ifaces } => ifaces,
+                hazards::StagePlan::ReflectionFilter { .. } => Vec::new(),
             })
             .filter(|i| !self.remediating.contains(i))
             .collect();
@@ -1074,7 +1176,11 @@ impl Core {
                 && (p.policy != 3 || p.fields.is_none() || p.fields == s.hash_fields_v6)
         });
         let v4 = report.ecmp.iter().find(|p| p.family == 4);
-        KernelFacts { ecmp_v6_affected: v6.and_then(|p| p.affected()), ecmp_v4_affected: v4.and_then(|p| p.affected()) }
+        KernelFacts {
+            ecmp_v6_affected: v6.and_then(|p| p.affected()),
+            ecmp_v4_affected: v4.and_then(|p| p.affected()),
+            sit_local_remote_drops: report.sit.as_ref().and_then(|p| p.drops()),
+        }
     }
 
     fn armed_count(&self) -> usize {
@@ -1144,7 +1250,13 @@ impl Core {
     fn context_findings(&self, intent: Option<&Intent>) -> Vec<Finding> {
         let facts = self.facts();
         let peers = self.peers();
-        let ctx = Context { model: &self.model, flows: &self.flows, kernel: &facts, peers: &peers };
+        let ctx = Context {
+            model: &self.model,
+            flows: &self.flows,
+            kernel: &facts,
+            peers: &peers,
+            hairpin_filters: &self.hairpin_filters,
+        };
         self.detectors
             .iter()
             .flat_map(|d| match intent {
@@ -1256,7 +1368,17 @@ impl Core {
             }
             Verdict::Allow => {
                 self.next_change_id += 1;
+                if let Intent::LinkHairpin { dev, .. } = &ask.intent {
+                    // The apply manages the filter itself.
+                    self.hairpin_busy.insert(dev.clone());
+                }
                 self.spawn_apply(id, ask.intent.clone(), None, Some((reply, decision)));
+            }
+            Verdict::Stage { plan: Staging::ReflectionFilter(port), .. } => {
+                self.next_change_id += 1;
+                self.hairpin_busy.insert(port.clone());
+                let staging = Some(Staging::ReflectionFilter(port.clone()));
+                self.spawn_apply(id, ask.intent.clone(), staging, Some((reply, decision)));
             }
             Verdict::Stage { plan: Staging::DisableForwardingOn(ifaces), .. } => {
                 // Nothing to wait for: the plan runs at once.
@@ -1368,6 +1490,9 @@ impl Core {
     }
 
     fn finish_change(&mut self, id: u64, result: Result<String, String>) {
+        // Stages and hairpin changes touch the filters: re-read them.
+        self.hairpin_busy.clear();
+        self.spawn_hairpin_filter_read();
         self.settings.metrics.pending.set(self.pending.len().saturating_sub(1) as i64);
         if self.pending.remove(&id).is_some() {
             match result {
@@ -1418,6 +1543,37 @@ async fn apply_intent(
         Intent::FrrCli { line } => {
             vtysh.run(&["configure terminal", line]).await.map_err(|e| format!("FRR refused `{line}`: {e}"))?;
             notes.push(format!("FRR: {line}"));
+        }
+        Intent::AddressAdd { address, dev } => {
+            let names = writer::link_names().await.map_err(|e| e.to_string())?;
+            writer::address_add(*address, dev, &names).await.map_err(|e| e.to_string())?;
+            notes.push(format!("address {address} added on {dev}"));
+        }
+        Intent::LinkHairpin { dev, on } => {
+            let (dev, on) = (dev.clone(), *on);
+            let staged = matches!(&staging, Some(Staging::ReflectionFilter(p)) if *p == dev);
+            tokio::task::spawn_blocking(move || -> Result<String, writer::WriteError> {
+                if staged && !writer::hairpin_filters()?.contains(&dev) {
+                    writer::install_hairpin_filter(&dev)?;
+                }
+                writer::set_hairpin(&dev, on)?;
+                if !on {
+                    // The filter's reason is gone with the hairpin.
+                    writer::remove_hairpin_filter(&dev)?;
+                }
+                if staged && !writer::hairpin_filters()?.contains(&dev) {
+                    return Err(writer::WriteError::Nft { reason: format!("filter for {dev} missing after install") });
+                }
+                Ok(if staged {
+                    format!("reflection filter installed on {dev}, then hairpin on; verified the filter")
+                } else {
+                    format!("hairpin {} on {dev}", if on { "on" } else { "off" })
+                })
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|n| notes.push(n))
+            .map_err(|e| e.to_string())?;
         }
     }
     if let Some(Staging::DisableForwardingOn(ifaces)) = &staging {

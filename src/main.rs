@@ -176,6 +176,12 @@ struct ChangeArgs {
     /// One FRR configuration line, e.g. 'ipv6 forwarding'
     #[arg(long, value_name = "LINE")]
     frr_cli: Option<String>,
+    /// A bridge-port change: 'IF hairpin on|off'
+    #[arg(long, value_name = "IF hairpin on|off")]
+    link: Option<String>,
+    /// An address to add: 'ADDR/LEN dev IF'
+    #[arg(long, value_name = "ADDR/LEN dev IF")]
+    address_add: Option<String>,
 }
 
 impl ChangeArgs {
@@ -192,8 +198,14 @@ impl ChangeArgs {
         } else if let Some(l) = &self.frr_cli {
             routeguard::policy::intent::parse_frr_cli(l)?;
             I::FrrCli(l.clone())
+        } else if let Some(l) = &self.link {
+            routeguard::policy::intent::parse_link(l)?;
+            I::Link(l.clone())
+        } else if let Some(a) = &self.address_add {
+            routeguard::policy::intent::parse_address_add(a)?;
+            I::AddressAdd(a.clone())
         } else {
-            anyhow::bail!("give --route-replace, --sysctl or --frr-cli");
+            anyhow::bail!("give --route-replace, --sysctl, --frr-cli, --link or --address-add");
         };
         let requester = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default();
         Ok(pb::ChangeRequest { intent: Some(intent), requester })
@@ -611,6 +623,9 @@ async fn selftest(connections: u32, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("kernel {} ({} ms)", report.kernel, report.elapsed_ms);
         for p in &report.ecmp {
             println!("  {}", p.describe());
+        }
+        if let Some(s) = &report.sit {
+            println!("  sit to a local remote: {}", serde_json::to_string(s)?);
         }
     }
     Ok(ExitCode::SUCCESS)

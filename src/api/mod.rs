@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::core::{ChangeAsk, CoreHandle, LookupResult, Query};
 use crate::hazards::Finding;
 use crate::model::flows::MemberId;
-use crate::policy::intent::{parse_frr_cli, parse_route_replace, parse_sysctl, Intent};
+use crate::policy::intent::{parse_address_add, parse_frr_cli, parse_link, parse_route_replace, parse_sysctl, Intent};
 use crate::policy::{Decision, Verdict};
 use crate::proto::guard as pb;
 
@@ -173,6 +173,8 @@ pub fn intent_of(req: &pb::ChangeRequest) -> Result<Intent, Status> {
         Some(I::RouteReplace(s)) => parse_route_replace(s).map(Intent::RouteReplace),
         Some(I::Sysctl(s)) => parse_sysctl(s),
         Some(I::FrrCli(s)) => parse_frr_cli(s),
+        Some(I::Link(s)) => parse_link(s),
+        Some(I::AddressAdd(s)) => parse_address_add(s),
         None => return Err(Status::invalid_argument("no change given: set route_replace or sysctl")),
     }
     .map_err(|e| Status::invalid_argument(e.to_string()))

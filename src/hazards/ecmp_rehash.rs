@@ -373,13 +373,15 @@ mod tests {
             .collect()
     }
 
-    const AFFECTED: KernelFacts = KernelFacts { ecmp_v6_affected: Some(true), ecmp_v4_affected: Some(false) };
-    const UNAFFECTED: KernelFacts = KernelFacts { ecmp_v6_affected: Some(false), ecmp_v4_affected: Some(false) };
+    const AFFECTED: KernelFacts =
+        KernelFacts { ecmp_v6_affected: Some(true), ecmp_v4_affected: Some(false), sit_local_remote_drops: None };
+    const UNAFFECTED: KernelFacts =
+        KernelFacts { ecmp_v6_affected: Some(false), ecmp_v4_affected: Some(false), sit_local_remote_drops: None };
 
     #[test]
     fn identical_replace_moves_exactly_the_armed_flows_on_and_below_it() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[], hairpin_filters: &Default::default() };
         let spec = parse_route_replace(
             "fd00:ecec:f::1/128 nexthop via fd00:2::2 dev r1 nexthop via fd00:3::2 dev r2 nexthop via fd00:4::2 dev r3",
         )
@@ -398,7 +400,7 @@ mod tests {
     #[test]
     fn any_change_under_an_ecmp_default_invalidates_its_flows() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[], hairpin_filters: &Default::default() };
         let spec = parse_route_replace("2001:db8:99::/64 via fd00:2::2 dev r1").unwrap();
         let f = EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(spec));
         assert_eq!(f.len(), 1);
@@ -408,7 +410,7 @@ mod tests {
     #[test]
     fn member_changes_put_every_flow_on_the_route_at_risk() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[], hairpin_filters: &Default::default() };
         let spec = parse_route_replace("fd00:ecec:f::1/128 nexthop via fd00:2::2 dev r1 nexthop via fd00:3::2 dev r2")
             .unwrap();
         let f = EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(spec));
@@ -421,12 +423,13 @@ mod tests {
     #[test]
     fn other_tables_and_unaffected_kernels_are_quiet() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[], hairpin_filters: &Default::default() };
         let other = parse_route_replace("fd00:ecec:f::1/128 table 100 via fd00:2::2 dev r1").unwrap();
         assert!(EcmpRehash.evaluate(&ctx, &Intent::RouteReplace(other)).is_empty());
         // On an unaffected kernel, unknown flows are not armed, and a flow
         // observed on its predicted member never is.
-        let ctx = Context { model: &m, flows: &t, kernel: &UNAFFECTED, peers: &[] };
+        let ctx =
+            Context { model: &m, flows: &t, kernel: &UNAFFECTED, peers: &[], hairpin_filters: &Default::default() };
         let spec = parse_route_replace(
             "fd00:ecec:f::1/128 nexthop via fd00:2::2 dev r1 nexthop via fd00:3::2 dev r2 nexthop via fd00:4::2 dev r3",
         )
@@ -438,7 +441,7 @@ mod tests {
     #[test]
     fn current_findings_list_armed_flows_and_hash_sysctls_are_judged() {
         let (m, t) = lab();
-        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[] };
+        let ctx = Context { model: &m, flows: &t, kernel: &AFFECTED, peers: &[], hairpin_filters: &Default::default() };
         let f = EcmpRehash.current(&ctx);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].breaks, 3);

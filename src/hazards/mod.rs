@@ -4,7 +4,9 @@
 //! model, the flow inventory and what the self-test measured.
 
 pub mod ecmp_rehash;
+pub mod hairpin_dad;
 pub mod subnet_anycast;
+pub mod tunnel_local_remote;
 
 use serde::Serialize;
 
@@ -77,6 +79,12 @@ pub enum StagePlan {
         /// Interface names.
         ifaces: Vec<String>,
     },
+    /// Install the guard's reflection filter for a bridge port, then apply
+    /// the change (hairpin on), then verify the filter.
+    ReflectionFilter {
+        /// The bridge port.
+        port: String,
+    },
 }
 
 /// What the self-test measured on the running kernel, as the detectors
@@ -88,6 +96,9 @@ pub struct KernelFacts {
     pub ecmp_v6_affected: Option<bool>,
     /// The same for IPv4.
     pub ecmp_v4_affected: Option<bool>,
+    /// Whether IPv6 over a sit tunnel whose remote is a local address is
+    /// dropped (kernels before 5.17); `None` when not measured (no sit).
+    pub sit_local_remote_drops: Option<bool>,
 }
 
 /// Everything a detector may look at.
@@ -100,6 +111,8 @@ pub struct Context<'a> {
     pub kernel: &'a KernelFacts,
     /// BGP peers (FRR and live sessions).
     pub peers: &'a [crate::model::peers::Peer],
+    /// Bridge ports with the guard's hairpin reflection filter installed.
+    pub hairpin_filters: &'a std::collections::BTreeSet<String>,
 }
 
 /// A hazard detector.
@@ -114,5 +127,10 @@ pub trait Detector: Send + Sync {
 
 /// Every detector, in a stable order.
 pub fn all() -> Vec<Box<dyn Detector>> {
-    vec![Box::new(ecmp_rehash::EcmpRehash), Box::new(subnet_anycast::SubnetAnycast)]
+    vec![
+        Box::new(ecmp_rehash::EcmpRehash),
+        Box::new(subnet_anycast::SubnetAnycast),
+        Box::new(hairpin_dad::HairpinDad),
+        Box::new(tunnel_local_remote::TunnelLocalRemote),
+    ]
 }

@@ -277,13 +277,15 @@ mod tests {
         (m, peers)
     }
 
-    const FACTS: KernelFacts = KernelFacts { ecmp_v6_affected: None, ecmp_v4_affected: None };
+    const FACTS: KernelFacts =
+        KernelFacts { ecmp_v6_affected: None, ecmp_v4_affected: None, sit_local_remote_drops: None };
 
     #[test]
     fn latent_conflict_is_a_warning_and_the_toggle_is_critical_with_a_stage_plan() {
         let (m, peers) = lab("fdc0:3489:e0fd::");
         let flows = FlowTable::default();
-        let ctx = Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers };
+        let ctx =
+            Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers, hairpin_filters: &Default::default() };
         let f = SubnetAnycast.current(&ctx);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].severity, Severity::Warning);
@@ -310,11 +312,13 @@ mod tests {
         let (mut m, peers) = lab("fdc0:3489:e0fd::");
         m.apply(Change::Forwarding { v6: true, scope: ConfScope::Iface(2), value: 1 }, &mut vec![]);
         let flows = FlowTable::default();
-        let ctx = Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers };
+        let ctx =
+            Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers, hairpin_filters: &Default::default() };
         let f = SubnetAnycast.current(&ctx);
         assert_eq!(f[0].severity, Severity::Critical);
         let (m, peers) = lab("fdc0:3489:e0fd::2");
-        let ctx = Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers };
+        let ctx =
+            Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers, hairpin_filters: &Default::default() };
         assert!(SubnetAnycast.current(&ctx).is_empty());
         let toggle = parse_sysctl("net.ipv6.conf.all.forwarding=1").unwrap();
         assert!(SubnetAnycast.evaluate(&ctx, &toggle).is_empty());

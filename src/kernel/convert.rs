@@ -12,7 +12,7 @@ use ipnetwork::IpNetwork;
 use netlink_packet_core::{Nla, ParseableParametrized};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoIpTunnel, InfoPortData, LinkAttribute, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoGre, InfoGre6, InfoIpTunnel, InfoPortData, LinkAttribute, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteNextHop};
 use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
@@ -218,6 +218,30 @@ fn link_changes(m: LinkMessage, gone: bool, out: &mut Vec<Change>) {
                                 match t {
                                     InfoIpTunnel::Local(ip) => ends.local = nonzero(ip),
                                     InfoIpTunnel::Remote(ip) => ends.remote = nonzero(ip),
+                                    _ => {}
+                                }
+                            }
+                            link.tunnel = Some(ends);
+                        }
+                        // gre and ip6gre carry IFLA_GRE_LOCAL/REMOTE, which
+                        // netlink-packet-route parses into its own types.
+                        LinkInfo::Data(InfoData::GreTun(attrs)) => {
+                            let mut ends = TunnelEnds { local: None, remote: None };
+                            for t in attrs {
+                                match t {
+                                    InfoGre::Local(ip) => ends.local = nonzero(ip.into()),
+                                    InfoGre::Remote(ip) => ends.remote = nonzero(ip.into()),
+                                    _ => {}
+                                }
+                            }
+                            link.tunnel = Some(ends);
+                        }
+                        LinkInfo::Data(InfoData::GreTun6(attrs)) => {
+                            let mut ends = TunnelEnds { local: None, remote: None };
+                            for t in attrs {
+                                match t {
+                                    InfoGre6::Local(ip) => ends.local = nonzero(ip.into()),
+                                    InfoGre6::Remote(ip) => ends.remote = nonzero(ip.into()),
                                     _ => {}
                                 }
                             }

@@ -29,6 +29,12 @@ pub enum WriteError {
         /// The kernel's answer.
         reason: String,
     },
+    /// nftables refused.
+    #[error("nftables: {reason}")]
+    Nft {
+        /// What nft said.
+        reason: String,
+    },
     /// The sysctl could not be read or written.
     #[error("sysctl {key}: {source}")]
     Sysctl {
@@ -90,6 +96,18 @@ pub async fn route_replace(spec: &RouteSpec, ifindex_of: &HashMap<String, u32>) 
     result
 }
 
+/// Adds an address to an interface, like `ip addr add ADDR/LEN dev IF`.
+pub async fn address_add(address: IpNetwork, dev: &str, ifindex_of: &HashMap<String, u32>) -> Result<(), WriteError> {
+    let index = ifindex_of.get(dev).copied().ok_or_else(|| WriteError::NoSuchInterface(dev.to_string()))?;
+    let fail = |reason: String| WriteError::Route { dst: address.to_string(), reason };
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| fail(e.to_string()))?;
+    let task = tokio::spawn(conn);
+    let r =
+        handle.address().add(index, address.ip(), address.prefix()).execute().await.map_err(|e| fail(e.to_string()));
+    task.abort();
+    r
+}
+
 /// Path of a dotted sysctl name under `root` (normally /proc/sys).
 pub fn sysctl_path(root: &Path, key: &str) -> std::path::PathBuf {
     root.join(key.replace('.', "/"))
@@ -108,6 +126,117 @@ pub fn write_sysctl(root: &Path, key: &str, value: &str) -> Result<String, Write
     let previous = read_sysctl(root, key)?;
     std::fs::write(sysctl_path(root, key), value).map_err(|source| WriteError::Sysctl { key: key.into(), source })?;
     Ok(previous)
+}
+
+/// The guard's nftables table (bridge family) and chain for hairpin
+/// reflection filters; the guard owns both and nothing else.
+const NFT_TABLE: &str = "routeguard";
+const NFT_CHAIN: &str = "hairpin_nd";
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, WriteError> {
+    use std::io::Write;
+    let fail = |reason: String| WriteError::Nft { reason };
+    let mut cmd = std::process::Command::new("nft");
+    cmd.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() });
+    let mut child = cmd.spawn().map_err(|e| fail(format!("cannot run nft: {e}")))?;
+    if let (Some(text), Some(mut si)) = (stdin, child.stdin.take()) {
+        si.write_all(text.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn filter_comment(port: &str) -> String {
+    format!("routeguard hairpin {port}")
+}
+
+/// Bridge ports that have the guard's reflection filter, read from the
+/// kernel (the table may survive a restart of the guard).
+pub fn hairpin_filters() -> Result<std::collections::BTreeSet<String>, WriteError> {
+    let out = match nft(&["-j", "list", "chain", "bridge", NFT_TABLE, NFT_CHAIN], None) {
+        Ok(o) => o,
+        // No table yet: no filters.
+        Err(WriteError::Nft { reason }) if reason.contains("No such file") => return Ok(Default::default()),
+        Err(e) => return Err(e),
+    };
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| WriteError::Nft { reason: e.to_string() })?;
+    let rules = v["nftables"].as_array().cloned().unwrap_or_default();
+    Ok(rules
+        .iter()
+        .filter_map(|r| r["rule"]["comment"].as_str()?.strip_prefix("routeguard hairpin ").map(str::to_string))
+        .collect())
+}
+
+/// Installs the reflection filter for `port`: drop IPv6 multicast frames
+/// (destination 33:33:*) leaving `port` after entering on it. One nft run;
+/// the caller checks it is not installed yet (the core keeps the set).
+pub fn install_hairpin_filter(port: &str) -> Result<(), WriteError> {
+    valid_ifname(port)?;
+    let script = format!(
+        "add table bridge {NFT_TABLE}\n\
+         add chain bridge {NFT_TABLE} {NFT_CHAIN} {{ type filter hook forward priority 0; policy accept; }}\n\
+         add rule bridge {NFT_TABLE} {NFT_CHAIN} iifname \"{port}\" oifname \"{port}\" \
+         ether daddr 33:33:00:00:00:00/16 counter drop comment \"{}\"\n",
+        filter_comment(port)
+    );
+    nft(&["-f", "-"], Some(&script)).map(|_| ())
+}
+
+/// Removes the reflection filter for `port`; removes the table when it was
+/// the last one. Idempotent.
+pub fn remove_hairpin_filter(port: &str) -> Result<(), WriteError> {
+    let out = match nft(&["-j", "list", "chain", "bridge", NFT_TABLE, NFT_CHAIN], None) {
+        Ok(o) => o,
+        Err(WriteError::Nft { reason }) if reason.contains("No such file") => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| WriteError::Nft { reason: e.to_string() })?;
+    let rules: Vec<serde_json::Value> = v["nftables"].as_array().cloned().unwrap_or_default();
+    let ours: Vec<(u64, String)> = rules
+        .iter()
+        .filter_map(|r| Some((r["rule"]["handle"].as_u64()?, r["rule"]["comment"].as_str()?.to_string())))
+        .collect();
+    // Something else may remove the same rule meanwhile: gone is gone.
+    let gone_ok = |r: Result<String, WriteError>| match r {
+        Err(WriteError::Nft { reason }) if reason.contains("No such file") => Ok(()),
+        r => r.map(|_| ()),
+    };
+    for (handle, comment) in &ours {
+        if *comment == filter_comment(port) {
+            gone_ok(nft(&["delete", "rule", "bridge", NFT_TABLE, NFT_CHAIN, "handle", &handle.to_string()], None))?;
+        }
+    }
+    if ours.iter().all(|(_, c)| *c == filter_comment(port)) {
+        gone_ok(nft(&["delete", "table", "bridge", NFT_TABLE], None))?;
+    }
+    Ok(())
+}
+
+fn valid_ifname(name: &str) -> Result<(), WriteError> {
+    let ok =
+        !name.is_empty() && name.len() <= 15 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(WriteError::NoSuchInterface(name.to_string()))
+    }
+}
+
+/// Sets hairpin mode of a bridge port (`bridge link set dev PORT hairpin on|off`).
+pub fn set_hairpin(port: &str, on: bool) -> Result<(), WriteError> {
+    valid_ifname(port)?;
+    let out = std::process::Command::new("bridge")
+        .args(["link", "set", "dev", port, "hairpin", if on { "on" } else { "off" }])
+        .output()
+        .map_err(|e| WriteError::Route { dst: port.into(), reason: format!("cannot run bridge: {e}") })?;
+    if !out.status.success() {
+        return Err(WriteError::Route { dst: port.into(), reason: String::from_utf8_lossy(&out.stderr).trim().into() });
+    }
+    Ok(())
 }
 
 /// Anycast addresses joined on the given interfaces, from

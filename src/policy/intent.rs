@@ -26,6 +26,20 @@ pub enum Intent {
         /// The line, e.g. `ipv6 forwarding`.
         line: String,
     },
+    /// Hairpin mode of a bridge port.
+    LinkHairpin {
+        /// The bridge port.
+        dev: String,
+        /// On or off.
+        on: bool,
+    },
+    /// `ip addr add ADDR/LEN dev IF`.
+    AddressAdd {
+        /// The address with its prefix length (host bits kept).
+        address: IpNetwork,
+        /// Interface name.
+        dev: String,
+    },
 }
 
 impl Intent {
@@ -49,8 +63,28 @@ impl Intent {
                 };
                 vec![(format!("net.{fam}.conf.all.forwarding"), if no { "0" } else { "1" }.to_string())]
             }
-            Intent::RouteReplace(_) => Vec::new(),
+            Intent::RouteReplace(_) | Intent::LinkHairpin { .. } | Intent::AddressAdd { .. } => Vec::new(),
         }
+    }
+}
+
+/// Parses `IF hairpin on|off` for `--link`.
+pub fn parse_link(text: &str) -> Result<Intent, IntentError> {
+    const W: &str = "--link";
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.as_slice() {
+        [dev, "hairpin", v] => {
+            let on = match *v {
+                "on" => true,
+                "off" => false,
+                other => return Err(bad(W, format!("`hairpin {other}`: expected on or off"))),
+            };
+            if dev.len() > 15 || dev.contains('/') {
+                return Err(bad(W, format!("`{dev}` is not an interface name")));
+            }
+            Ok(Intent::LinkHairpin { dev: dev.to_string(), on })
+        }
+        _ => Err(bad(W, format!("`{text}`: expected `IF hairpin on|off`"))),
     }
 }
 
@@ -173,6 +207,41 @@ pub fn parse_route_replace(text: &str) -> Result<RouteSpec, IntentError> {
     Ok(spec)
 }
 
+/// Parses `ADDR[/LEN] dev IF` for `--address-add` (as `ip addr add`
+/// takes it; without `/LEN` the address is a host address, /32 or /128).
+pub fn parse_address_add(text: &str) -> Result<Intent, IntentError> {
+    const W: &str = "--address-add";
+    let mut toks = text.split_whitespace();
+    let first = toks.next().ok_or_else(|| bad(W, "empty; expected `ADDR/LEN dev IF`"))?;
+    let address: IpNetwork = match first.split_once('/') {
+        Some(_) => first.parse().map_err(|_| bad(W, format!("`{first}` is not an address/prefix-length")))?,
+        None => {
+            let a: IpAddr = first.parse().map_err(|_| bad(W, format!("`{first}` is not an address")))?;
+            IpNetwork::from(a)
+        }
+    };
+    if address.ip().is_unspecified() || address.ip().is_multicast() {
+        return Err(bad(W, format!("`{first}` cannot be an interface address")));
+    }
+    let mut dev = None;
+    while let Some(tok) = toks.next() {
+        match tok {
+            "dev" => {
+                let v = toks.next().ok_or_else(|| bad(W, "`dev` needs a value"))?;
+                if v.len() > 15 || v.contains('/') || v == "." || v == ".." {
+                    return Err(bad(W, format!("`dev {v}`: `{v}` is not an interface name")));
+                }
+                if dev.replace(v.to_string()).is_some() {
+                    return Err(bad(W, format!("`dev {v}`: `dev` given twice")));
+                }
+            }
+            other => return Err(bad(W, format!("unexpected `{other}`"))),
+        }
+    }
+    let dev = dev.ok_or_else(|| bad(W, "no `dev`; expected `ADDR/LEN dev IF`"))?;
+    Ok(Intent::AddressAdd { address, dev })
+}
+
 /// Parses `KEY=VALUE` for `--sysctl`, accepting dotted or slashed names.
 pub fn parse_sysctl(text: &str) -> Result<Intent, IntentError> {
     const W: &str = "--sysctl";
@@ -239,6 +308,46 @@ mod tests {
         assert!(parse_frr_cli("router bgp 65000").unwrap().effective_sysctls().is_empty());
         assert!(parse_frr_cli("").is_err());
         assert!(parse_frr_cli("ipv6 forwarding\nrouter bgp 1").is_err());
+    }
+
+    #[test]
+    fn link_hairpin_forms() {
+        assert_eq!(parse_link("vnet0 hairpin on").unwrap(), Intent::LinkHairpin { dev: "vnet0".into(), on: true });
+        assert_eq!(parse_link(" vnet0  hairpin off ").unwrap(), Intent::LinkHairpin { dev: "vnet0".into(), on: false });
+        assert!(parse_link("vnet0 hairpin maybe").unwrap_err().to_string().contains("expected on or off"));
+        assert!(parse_link("vnet0 mtu 1500").is_err());
+        assert!(parse_link("averyveryverylongname hairpin on").is_err());
+    }
+
+    #[test]
+    fn address_add_forms() {
+        let i = parse_address_add("10.0.0.1/24 dev eth0").unwrap();
+        assert_eq!(i, Intent::AddressAdd { address: "10.0.0.1/24".parse().unwrap(), dev: "eth0".into() });
+        // Host bits are kept: the address is what matters.
+        let Intent::AddressAdd { address, .. } = &i else { unreachable!() };
+        assert_eq!(address.ip().to_string(), "10.0.0.1");
+        assert_eq!(address.prefix(), 24);
+        assert_eq!(
+            parse_address_add(" fd00::5  dev lo ").unwrap(),
+            Intent::AddressAdd { address: "fd00::5/128".parse().unwrap(), dev: "lo".into() }
+        );
+        assert!(parse_address_add("10.0.0.1/24 dev eth0").unwrap().effective_sysctls().is_empty());
+    }
+
+    #[test]
+    fn address_add_errors_name_the_token() {
+        let e = |t: &str| parse_address_add(t).unwrap_err().to_string();
+        assert!(e("").contains("empty"));
+        assert!(e("10.0.0.1/33 dev x").contains("`10.0.0.1/33` is not an address/prefix-length"));
+        assert!(e("nope dev x").contains("`nope` is not an address"));
+        assert!(e("0.0.0.0/0 dev x").contains("`0.0.0.0/0` cannot be an interface address"));
+        assert!(e("ff02::1 dev x").contains("`ff02::1` cannot be"));
+        assert!(e("10.0.0.1/24").contains("no `dev`"));
+        assert!(e("10.0.0.1/24 dev").contains("`dev` needs a value"));
+        assert!(e("10.0.0.1/24 dev averyveryverylongname").contains("`averyveryverylongname` is not an interface"));
+        assert!(e("10.0.0.1/24 dev a dev b").contains("given twice"));
+        assert!(e("10.0.0.1/24 dev a bogus").contains("unexpected `bogus`"));
+        assert!(e("x dev a").starts_with("--address-add: "), "{}", e("x dev a"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hazards::{ecmp_rehash, subnet_anycast, Finding, Severity};
+use crate::hazards::{ecmp_rehash, hairpin_dad, subnet_anycast, tunnel_local_remote, Finding, Severity};
 
 /// Whether a hazard's verdicts are enforced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +119,42 @@ impl Default for AnycastPolicy {
     }
 }
 
+/// `[hazards.hairpin_dad]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HairpinPolicy {
+    /// observe | enforce (for proposals).
+    pub mode: Mode,
+    /// veto | stage.
+    pub action: Action,
+    /// When hairpin is turned on behind the guard's back, install the
+    /// reflection filter at once (and remove it when hairpin goes off).
+    pub remediate: bool,
+}
+
+impl Default for HairpinPolicy {
+    fn default() -> Self {
+        HairpinPolicy { mode: Mode::Enforce, action: Action::Stage, remediate: true }
+    }
+}
+
+/// `[hazards.tunnel_local_remote]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TunnelPolicy {
+    /// observe | enforce (for proposals).
+    pub mode: Mode,
+    /// veto only: no stage plan exists, and a delay cannot help (the
+    /// remote stays local).
+    pub action: Action,
+}
+
+impl Default for TunnelPolicy {
+    fn default() -> Self {
+        TunnelPolicy { mode: Mode::Enforce, action: Action::Veto }
+    }
+}
+
 /// `[hazards]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -127,11 +163,23 @@ pub struct HazardsConfig {
     pub ecmp_rehash: EcmpPolicy,
     /// Subnet-Router anycast.
     pub subnet_anycast: AnycastPolicy,
+    /// Hairpin DAD.
+    pub hairpin_dad: HairpinPolicy,
+    /// IP tunnel to a local remote.
+    pub tunnel_local_remote: TunnelPolicy,
 }
 
 impl HazardsConfig {
     /// Relations types cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.tunnel_local_remote.action != Action::Veto {
+            return Err("key `hazards.tunnel_local_remote.action`: only \"veto\" is supported (no stage plan \
+                        exists, and a delay cannot help: the remote stays local)"
+                .into());
+        }
+        if self.hairpin_dad.action == Action::Delay {
+            return Err("key `hazards.hairpin_dad.action`: \"delay\" cannot help; use \"veto\" or \"stage\"".into());
+        }
         if self.subnet_anycast.action == Action::Delay {
             return Err("key `hazards.subnet_anycast.action`: \"delay\" cannot help (the conflict does not drain \
                         by itself); use \"veto\" or \"stage\""
@@ -217,6 +265,8 @@ pub enum Staging {
     /// Apply, then at once turn IPv6 forwarding off on these interfaces and
     /// verify their anycast left.
     DisableForwardingOn(Vec<String>),
+    /// Install the hairpin reflection filter for this port, then apply.
+    ReflectionFilter(String),
 }
 
 /// Verdict plus the findings behind it.
@@ -251,6 +301,8 @@ pub fn decide(findings: Vec<Finding>, cfg: &HazardsConfig) -> Decision {
         let (mode, action, threshold) = match f.hazard {
             ecmp_rehash::NAME => (cfg.ecmp_rehash.mode, cfg.ecmp_rehash.action, cfg.ecmp_rehash.threshold),
             subnet_anycast::NAME => (cfg.subnet_anycast.mode, cfg.subnet_anycast.action, 0),
+            hairpin_dad::NAME => (cfg.hairpin_dad.mode, cfg.hairpin_dad.action, 0),
+            tunnel_local_remote::NAME => (cfg.tunnel_local_remote.mode, cfg.tunnel_local_remote.action, 0),
             _ => (Mode::Enforce, Action::Veto, 0),
         };
         if action == Action::Stage && f.stage.is_some() {
@@ -291,6 +343,22 @@ pub fn decide(findings: Vec<Finding>, cfg: &HazardsConfig) -> Decision {
                     ifaces.join(", ")
                 )],
                 plan: Staging::DisableForwardingOn(ifaces),
+            },
+            (Action::Stage, Some(crate::hazards::StagePlan::ReflectionFilter { port })) => Verdict::Stage {
+                steps: vec![
+                    format!(
+                        "install routeguard's reflection filter for {port} (table bridge routeguard: drop 33:33:* \
+                         frames leaving {port} after entering on it)"
+                    ),
+                    "apply the change (hairpin on)".into(),
+                    "verify the filter is in place".into(),
+                ],
+                reason: reasons.join("; "),
+                side_effects: vec![format!(
+                    "guests behind {port} no longer resolve each other by IPv6 ND through the reflection; unicast \
+                     and IPv4 are unaffected"
+                )],
+                plan: Staging::ReflectionFilter(port),
             },
             (Action::Stage, None) => Verdict::Stage {
                 plan: Staging::HashFields(cfg.ecmp_rehash.hash_fields),
@@ -388,5 +456,24 @@ mod tests {
         cfg.ecmp_rehash.hash_fields = 0x000e;
         cfg.ecmp_rehash.stage_mitigation = StageMitigation::Resilient;
         assert!(cfg.validate().unwrap_err().contains("not supported yet"));
+    }
+
+    #[test]
+    fn tunnel_local_remote_vetoes_and_observes_and_only_vetoes() {
+        let f = Finding { hazard: tunnel_local_remote::NAME, ..finding(Severity::Critical, 1) };
+        let mut cfg = HazardsConfig::default();
+        assert_eq!(cfg.tunnel_local_remote.action, Action::Veto);
+        assert_eq!(decide(vec![f.clone()], &cfg).verdict.kind(), "veto");
+        cfg.tunnel_local_remote.mode = Mode::Observe;
+        let d = decide(vec![f.clone()], &cfg);
+        assert_eq!((d.verdict.kind(), d.would_be.map(|v| v.kind())), ("allow", Some("veto")));
+        // Info (an unaffected kernel) never blocks.
+        let cfg = HazardsConfig::default();
+        assert_eq!(decide(vec![Finding { severity: Severity::Info, ..f }], &cfg).verdict, Verdict::Allow);
+        for action in [Action::Stage, Action::Delay] {
+            let mut cfg = HazardsConfig::default();
+            cfg.tunnel_local_remote.action = action;
+            assert!(cfg.validate().unwrap_err().contains("hazards.tunnel_local_remote.action"));
+        }
     }
 }

@@ -13,6 +13,8 @@
 //! Probes:
 //! - [`ecmp`]: does replacing a multipath route with an identical one break
 //!   established locally-originated TCP flows (field notes, hazard 1)?
+//! - [`sit`]: does IPv6 over a sit tunnel whose remote is a local address
+//!   get dropped (field notes, hazard 3)? Runs beside the ECMP probes.
 //!
 //! A probe whose experiment the kernel cannot run (a missing sysctl, a value
 //! it rejects, no veth, no multipath routing) is reported as not measurable
@@ -25,6 +27,7 @@
 
 pub mod ecmp;
 mod netns;
+pub mod sit;
 
 use std::time::{Duration, Instant};
 
@@ -82,6 +85,10 @@ pub struct SelftestReport {
     pub kernel: String,
     /// One entry per ECMP hash setting, in [`ecmp::host_settings`] order.
     pub ecmp: Vec<ecmp::EcmpProbe>,
+    /// The sit local-remote probe; `None` in reports written before it
+    /// existed.
+    #[serde(default)]
+    pub sit: Option<sit::SitProbe>,
     /// Wall time of the whole selftest, in milliseconds.
     pub elapsed_ms: u64,
 }
@@ -138,8 +145,9 @@ fn kernel_release() -> String {
 ///
 /// The ECMP settings run in parallel, one lab each (four labs of four
 /// namespaces), fewer at a time when the descriptor limit is too low for
-/// `connections`. All labs are removed before this returns, whatever the
-/// outcome; the first hard error is returned after every probe has ended.
+/// `connections`; the sit probe (one namespace) runs beside them. All labs
+/// are removed before this returns, whatever the outcome; the first hard
+/// error is returned after every probe has ended.
 pub fn run_all(opts: &SelftestOptions) -> Result<SelftestReport, SelftestError> {
     opts.validate()?;
     let start = Instant::now();
@@ -148,6 +156,7 @@ pub fn run_all(opts: &SelftestOptions) -> Result<SelftestReport, SelftestError> 
     // Probes run in parallel, as many at once as the descriptor limit allows.
     let parallel = parallel_probes(opts.connections, open_files_limit());
     let mut results: Vec<Result<ecmp::EcmpProbe, SelftestError>> = Vec::with_capacity(settings.len());
+    let sit_handle = std::thread::Builder::new().name("rgst-sit".into()).spawn(sit::probe);
     for wave in settings.chunks(parallel) {
         std::thread::scope(|scope| {
             let handles: Vec<_> = wave
@@ -168,8 +177,20 @@ pub fn run_all(opts: &SelftestOptions) -> Result<SelftestReport, SelftestError> 
             }));
         });
     }
+    let sit = match sit_handle {
+        Err(source) => Err(SelftestError::Io { what: "spawning the sit probe".into(), source }),
+        Ok(h) => h.join().unwrap_or_else(|p| {
+            Err(SelftestError::Panic { what: "probe sit".into(), message: netns::panic_message(&p) })
+        }),
+    };
     let ecmp = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok(SelftestReport { kernel: kernel_release(), ecmp, elapsed_ms: start.elapsed().as_millis() as u64 })
+    let sit = sit?;
+    Ok(SelftestReport {
+        kernel: kernel_release(),
+        ecmp,
+        sit: Some(sit),
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    })
 }
 
 /// The soft `RLIMIT_NOFILE` from `/proc/self/limits` ("Max open files").
@@ -202,11 +223,15 @@ pub fn run(connections: u32) -> Result<SelftestReport, SelftestError> {
 
 /// Whether a cached report still describes this kernel and these host
 /// settings: same kernel release, same settings measured, same connection
-/// count.
+/// count, and every probe present (a report from before the sit probe is
+/// measured again).
 fn cache_fits(report: &SelftestReport, connections: u32) -> bool {
     let wanted: Vec<String> = ecmp::host_settings().iter().map(ecmp::EcmpSetting::name).collect();
     let have: Vec<&str> = report.ecmp.iter().map(|p| p.setting.as_str()).collect();
-    report.kernel == kernel_release() && have == wanted && report.ecmp.iter().all(|p| p.connections == connections)
+    report.kernel == kernel_release()
+        && have == wanted
+        && report.ecmp.iter().all(|p| p.connections == connections)
+        && report.sit.is_some()
 }
 
 /// The report cached at `cache` (JSON) when it still fits the running
@@ -251,7 +276,8 @@ mod tests {
                 note: None,
             })
             .collect();
-        let report = SelftestReport { kernel: kernel_release(), ecmp: probes, elapsed_ms: 4242 };
+        let sit = sit::SitProbe { datagrams: 3, sent: 3, tx_carrier_errors: 0, drops: false, skipped: None };
+        let report = SelftestReport { kernel: kernel_release(), ecmp: probes, sit: Some(sit), elapsed_ms: 4242 };
         let path = std::env::temp_dir().join(format!("rgst-cache-test-{}.json", std::process::id()));
         std::fs::write(&path, serde_json::to_vec(&report).unwrap()).unwrap();
         // A run would need root and take time; a fitting cache needs neither.
@@ -260,6 +286,9 @@ mod tests {
         assert!(!cache_fits(&report, 8));
         let other_kernel = SelftestReport { kernel: "0.0.0-other".into(), ..report.clone() };
         assert!(!cache_fits(&other_kernel, 7));
+        // A report from before the sit probe is measured again.
+        let no_sit = SelftestReport { sit: None, ..report.clone() };
+        assert!(!cache_fits(&no_sit, 7));
         std::fs::remove_file(&path).unwrap();
         assert_eq!(got, Ok(report));
     }
@@ -313,10 +342,20 @@ mod tests {
                 skipped: None,
                 note: None,
             }],
+            sit: Some(sit::SitProbe { datagrams: 3, sent: 0, tx_carrier_errors: 3, drops: true, skipped: None }),
             elapsed_ms: 1234,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains("\"setting\":\"ipv6 policy 1\""), "{text}");
+        assert!(text.contains("\"sit\":{\"datagrams\":3,\"sent\":0,\"tx_carrier_errors\":3,\"drops\":true}"), "{text}");
         assert_eq!(serde_json::from_str::<SelftestReport>(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn reports_from_before_the_sit_probe_still_parse() {
+        let old = r#"{"kernel":"6.18.0","ecmp":[],"elapsed_ms":5}"#;
+        let r: SelftestReport = serde_json::from_str(old).unwrap();
+        assert_eq!(r.sit, None);
+        assert!(!cache_fits(&r, 30));
     }
 }
