@@ -7,6 +7,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::proto::guard::guard_client::GuardClient;
 
+/// Largest response the CLI accepts (100k flows are ~15 MB).
+pub const MAX_RESPONSE: usize = 256 << 20;
+
 /// The daemon could not be reached.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach routeguard at {path}: {reason} (is `routeguard run` running with this --socket?)")]
@@ -33,5 +36,6 @@ pub async fn connect(path: &Path) -> Result<GuardClient<Channel>, ConnectError> 
         }))
         .await
         .map_err(|e| fail(e.to_string()))?;
-    Ok(GuardClient::new(channel))
+    // Flow and route listings of a busy router exceed tonic's 4 MiB default.
+    Ok(GuardClient::new(channel).max_decoding_message_size(MAX_RESPONSE))
 }

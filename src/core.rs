@@ -524,10 +524,22 @@ impl Core {
                     Some(monitor::MonitorMsg::Changes(changes, at)) if self.building.is_some() => {
                         self.replay.push((changes, at));
                     }
-                                        Some(monitor::MonitorMsg::Changes(changes, at)) => {
+                                                            Some(monitor::MonitorMsg::Changes(changes, at)) => {
+                        // Remediations look at forwarding, anycast,
+                        // addresses and bridge ports: skip them for the
+                        // route churn that makes up almost every batch.
+                        let anycast = changes.iter().any(|c| matches!(c,
+                            Change::Forwarding { .. } | Change::Anycast(_) | Change::AnycastGone(_)
+                                | Change::Address(_) | Change::AddressGone(_) | Change::Link(_) | Change::LinkGone(_)));
+                        let bridge = changes.iter().any(|c| matches!(c,
+                            Change::Link(_) | Change::LinkGone(_) | Change::BridgePort(..)));
                         self.apply_all(changes);
-                        self.remediate(at);
-                        self.remediate_hairpin(at);
+                        if anycast {
+                            self.remediate(at);
+                        }
+                        if bridge {
+                            self.remediate_hairpin(at);
+                        }
                     }
                     Some(monitor::MonitorMsg::Overrun) => {
                                                 self.overruns += 1;
@@ -559,7 +571,8 @@ impl Core {
                         self.spawn_sock_poll();
                     }
                 }
-                _ = sysctl_tick.tick() => self.spawn_sysctl_read(),
+                                // Interface names are only known after the first dump.
+                _ = sysctl_tick.tick(), if self.ever_dumped => self.spawn_sysctl_read(),
             }
         }
     }
@@ -678,7 +691,8 @@ impl Core {
             let always = matches!(scope, Invalidation::Route { .. } | Invalidation::Nexthops)
                 || matches!(c, Change::Rule(_) | Change::RuleGone(_));
             let before = applied.len();
-            let cause = (scope != Invalidation::None).then(|| describe_change(&c));
+                        // Without flows there is nothing to invalidate (or describe).
+            let cause = (scope != Invalidation::None && !self.flows.is_empty()).then(|| describe_change(&c));
             self.model.apply(c, &mut applied);
             if always || applied.len() > before {
                 if let Some(cause) = cause {

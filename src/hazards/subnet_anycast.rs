@@ -58,12 +58,37 @@ fn conflicts(ctx: &Context<'_>) -> Vec<Conflict> {
             targets.push((a, format!("BGP peer {a} (vrf {}, {}, from {:?})", p.vrf, p.state, p.source).to_lowercase()));
         }
     }
-    for r in m.routes.iter() {
-        for n in &r.attrs.nexthops {
-            if let Some(IpAddr::V6(g)) = n.gateway {
-                targets.push((g, format!("gateway of route {} (table {})", r.dst, r.table)));
+    // Gateways live in the shared attribute sets: scan those (few), and
+    // name the routes only for a gateway that is a candidate (rare).
+    let candidates: BTreeSet<Ipv6Addr> = m
+        .addresses
+        .values()
+        .filter_map(|a| match a.key.address {
+            IpAddr::V6(addr) if a.key.prefix_len < 127 => {
+                Ipv6Network::new(addr, a.key.prefix_len).ok().map(|n| n.network())
             }
-        }
+            _ => None,
+        })
+        .collect();
+    let hit: BTreeSet<Ipv6Addr> = m
+        .routes
+        .attr_sets()
+        .flat_map(|a| a.nexthops.iter())
+        .filter_map(|n| match n.gateway {
+            Some(IpAddr::V6(g)) if candidates.contains(&g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    if !hit.is_empty() {
+        m.routes.for_each_raw(|table, dst, _, _, _, _, _, attrs| {
+            for n in &attrs.nexthops {
+                if let Some(IpAddr::V6(g)) = n.gateway {
+                    if hit.contains(&g) {
+                        targets.push((g, format!("gateway of route {dst} (table {table})")));
+                    }
+                }
+            }
+        });
     }
     for n in m.nexthops.values() {
         if let Some(IpAddr::V6(g)) = n.gateway {

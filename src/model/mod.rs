@@ -259,6 +259,20 @@ impl Model {
                 }
             }
             Change::Sysctls(mut fresh) => {
+                // Forwarding arrives through netconf, in order with every
+                // other notification; a /proc read may have been taken
+                // before the latest of them. So a read only fills in
+                // forwarding values netconf has not reported.
+                for (have, read) in [
+                    (&self.sysctls.forwarding_v4, &mut fresh.forwarding_v4),
+                    (&self.sysctls.forwarding_v6, &mut fresh.forwarding_v6),
+                ] {
+                    read.all = have.all.or(read.all);
+                    read.default = have.default.or(read.default);
+                    for (i, v) in &have.per_if {
+                        read.per_if.insert(*i, *v);
+                    }
+                }
                 if fresh != self.sysctls {
                     // Names of interfaces whose values changed, for the event.
                     let before = self.sysctl_map();
@@ -670,6 +684,23 @@ mod tests {
         assert!(m.lookup(TABLE_MAIN, "10.2.0.1".parse().unwrap()).is_none());
         assert!(m.nexthops.is_empty(), "{:?}", m.nexthops);
         assert!(m.lookup(TABLE_MAIN, "fd00:a::1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_stale_proc_read_never_overrides_netconf_forwarding() {
+        let mut m = Model::default();
+        let mut ev = vec![];
+        m.apply(Change::Link(link(2, "rgA")), &mut ev);
+        m.apply(Change::Forwarding { v6: true, scope: ConfScope::Iface(2), value: 1 }, &mut ev);
+        m.apply(Change::Forwarding { v6: true, scope: ConfScope::All, value: 1 }, &mut ev);
+        // A read taken before the toggle (or before the interface existed).
+        let mut stale = Sysctls::default();
+        stale.forwarding_v6.all = Some(0);
+        stale.hash_policy_v6 = Some(1);
+        m.apply(Change::Sysctls(stale), &mut ev);
+        assert_eq!(m.sysctls.forwarding_v6.per_if.get(&2), Some(&1));
+        assert_eq!(m.sysctls.forwarding_v6.all, Some(1));
+        assert_eq!(m.sysctls.hash_policy_v6, Some(1), "values without netconf come from the read");
     }
 
     #[test]

@@ -470,6 +470,13 @@ impl RouteTables {
         }
     }
 
+    /// Every distinct attribute set in use (each shared by one or more
+    /// routes). A router has few, so scanning them is how to ask "does any
+    /// route use gateway X" without walking a million routes.
+    pub fn attr_sets(&self) -> impl Iterator<Item = &RouteAttrs> {
+        self.pool.slots.iter().filter_map(|s| s.as_ref().map(|(a, _)| a.as_ref()))
+    }
+
     /// Ids of the tables that hold at least one route.
     pub fn table_ids(&self) -> Vec<u32> {
         self.tables.keys().copied().collect()
