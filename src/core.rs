@@ -357,6 +357,9 @@ struct Exposure {
     polls: u8,
 }
 
+/// Socket polls during which the flows an exposure hit are re-counted.
+const EXPOSURE_RECHECK_POLLS: u8 = 60;
+
 /// Most exposures remembered.
 const MAX_EXPOSURES: usize = 16;
 
@@ -691,7 +694,7 @@ impl Core {
             let always = matches!(scope, Invalidation::Route { .. } | Invalidation::Nexthops)
                 || matches!(c, Change::Rule(_) | Change::RuleGone(_));
             let before = applied.len();
-                        // Without flows there is nothing to invalidate (or describe).
+            // Without flows there is nothing to invalidate (or describe).
             let cause = (scope != Invalidation::None && !self.flows.is_empty()).then(|| describe_change(&c));
             self.model.apply(c, &mut applied);
             if always || applied.len() > before {
@@ -925,12 +928,16 @@ impl Core {
                 self.flows.sync(&self.model, &self.listening);
                 // Sockets leave the model one poll after they close (see
                 // debounce_sockets), so count the dead at the second poll.
-                for e in self.exposures.iter_mut().filter(|e| e.died.is_none()) {
+                // Exposed flows die at their next packet, which may come
+                // much later: keep counting for a while.
+                for e in self.exposures.iter_mut().filter(|e| e.polls < EXPOSURE_RECHECK_POLLS) {
                     e.polls += 1;
                     if e.polls >= 2 {
                         let gone = e.flows.iter().filter(|k| !self.model.sockets.contains_key(k)).count();
+                        if e.died != Some(gone) {
+                            warn!(cause = %e.cause, exposed = e.flows.len(), died = gone, "ecmp_rehash: exposed flows re-checked");
+                        }
                         e.died = Some(gone);
-                        warn!(cause = %e.cause, exposed = e.flows.len(), died = gone, "ecmp_rehash: exposed flows re-checked");
                     }
                 }
                 self.spawn_predictions();
