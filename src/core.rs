@@ -666,9 +666,10 @@ impl Core {
                 for (changes, _) in replay {
                     self.apply_all(changes);
                 }
-                if let Some(at) = last {
-                    self.remediate(at);
-                }
+                // Conflicts that predate the dump (start, or a lost
+                // notification before a resync) are remediated too.
+                self.remediate(last.unwrap_or_else(Instant::now));
+                self.remediate_hairpin(Instant::now());
                 self.spawn_sysctl_read();
                 self.ready_tx.send_replace(true);
             }
@@ -1024,6 +1025,9 @@ impl Core {
                 for i in &ifaces {
                     self.remediating.remove(i);
                 }
+                // Forwarding may have been turned on again while the write
+                // was in flight (skipped as busy): check again now.
+                self.remediate(Instant::now());
                 let line = match &result {
                     Ok(()) => format!(
                         "turned IPv6 forwarding off on {} {:.3} ms after the kernel reported the conflict",
