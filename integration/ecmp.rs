@@ -90,6 +90,14 @@ fn at_risk_ports(d: &Daemon) -> BTreeSet<u64> {
     v["flows"].as_array().unwrap().iter().map(|f| f["local_port"].as_u64().unwrap()).collect()
 }
 
+/// Waits until the daemon holds no pending change (it applied or dropped them).
+fn wait_pending_drained(d: &Daemon) {
+    eventually(slow(Duration::from_secs(10)), || {
+        let p = d.json(&["pending"]);
+        p["pending"].as_array().unwrap().is_empty().then_some(()).ok_or(format!("{p}"))
+    });
+}
+
 fn sysctl(lab: &EcmpLab, key: &str) -> String {
     lab.r.exec(&["sysctl", "-n", key]).trim().to_string()
 }
@@ -179,10 +187,7 @@ fn delay_applies_only_after_the_connections_close() {
     assert!(!replaced(&log, &lab.anycast()), "applied while flows were open");
     assert!(h.check().is_empty(), "no connection may break while the change waits");
     h.close();
-    eventually(slow(Duration::from_secs(10)), || {
-        let p = d.json(&["pending"]);
-        p["pending"].as_array().unwrap().is_empty().then_some(()).ok_or(format!("{p}"))
-    });
+    wait_pending_drained(&d);
     eventually(slow(Duration::from_secs(2)), || {
         replaced(&log, &lab.anycast()).then_some(()).ok_or("no RTM_NEWROUTE seen".to_string())
     });
@@ -207,10 +212,7 @@ fn stage_switches_to_a_port_free_hash_once_flows_drain_then_replaces_safely() {
     assert!(!replaced(&log, &lab.anycast()));
     assert!(h.check().is_empty());
     h.close();
-    eventually(slow(Duration::from_secs(10)), || {
-        let p = d.json(&["pending"]);
-        p["pending"].as_array().unwrap().is_empty().then_some(()).ok_or(format!("{p}"))
-    });
+    wait_pending_drained(&d);
     assert_eq!(sysctl(&lab, "net.ipv6.fib_multipath_hash_policy"), "3");
     assert_eq!(sysctl(&lab, "net.ipv6.fib_multipath_hash_fields"), "14");
     eventually(slow(Duration::from_secs(2)), || {
