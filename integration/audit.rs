@@ -58,6 +58,10 @@ fn a_gateway_at_the_subnet_router_anycast_is_reported() {
     let (code, v) = audit(&ns, &["--fail-on", "critical"]);
     assert_eq!(code, 1, "{v}");
     assert_eq!(hazards(&v), vec![("subnet_anycast".to_string(), "critical".to_string())]);
+    // The audit reports; it does not remediate (the daemon would turn
+    // forwarding off on rgA).
+    let fwd = ns.exec_output(&["cat", "/proc/sys/net/ipv6/conf/rgA/forwarding"]);
+    assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1", "the audit changed the router");
 }
 
 #[test]

@@ -739,6 +739,10 @@ async fn audit(config: Option<PathBuf>, fail_on: &str, as_json: bool) -> anyhow:
     cfg.kernel.sock_poll_interval = std::time::Duration::from_millis(200);
     // Flows opened before the audit cannot be observed: nothing to watch.
     cfg.kernel.observe_syns = false;
+    // An audit only reports: it never changes the router it inspects, even
+    // when the configuration would remediate a conflict it finds.
+    cfg.hazards.subnet_anycast.remediate = false;
+    cfg.hazards.hairpin_dad.remediate = false;
     let cache_dir = tempfile_dir()?;
     let core = core::start(core_settings(&cfg, cache_dir.join("selftest.json"))).context("cannot open netlink")?;
     let mut ready = core.ready_rx.clone();
