@@ -778,7 +778,12 @@ static NO_FILTERS: std::collections::BTreeSet<String> = std::collections::BTreeS
 
 fn facts() -> KernelFacts {
     // What the self-test measured on this kernel for IPv6 policy 1.
-    KernelFacts { ecmp_v6_affected: Some(true), ecmp_v4_affected: Some(false), sit_local_remote_drops: None }
+    KernelFacts {
+        ecmp_v6_affected: Some(true),
+        ecmp_v4_affected: Some(false),
+        sit_local_remote_drops: None,
+        kernel_version: None,
+    }
 }
 
 /// What the core does for `Query::Evaluate` (`Core::decide`), minus the

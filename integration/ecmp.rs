@@ -7,22 +7,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::ecmp_lab::EcmpLab;
-use common::{eventually, Daemon};
+use common::{eventually, slow, slowdown, Daemon};
 use serde_json::Value;
 
 const FLOWS: usize = 60;
-
-/// `RG_TEST_SLOWDOWN=N` (default 1) multiplies this file's waits and the
-/// daemon's socket poll interval, for machines N times slower than a host
-/// (integration/kernels/matrix runs these labs under qemu/TCG, with 20).
-/// Scaling the poll interval keeps the number of polls per wait the same.
-fn slowdown() -> u32 {
-    std::env::var("RG_TEST_SLOWDOWN").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
-}
-
-fn slow(d: Duration) -> Duration {
-    d * slowdown()
-}
 
 fn start_guard(lab: &EcmpLab, action: &str) -> Daemon {
     let poll = format!("{}ms", 200 * slowdown());

@@ -1193,7 +1193,8 @@ impl Core {
 
     /// What the self-test says for the namespace's current hash settings.
     fn facts(&self) -> KernelFacts {
-        let Some(report) = &self.selftest else { return KernelFacts::default() };
+        let kernel_version = crate::hazards::running_kernel_version();
+        let Some(report) = &self.selftest else { return KernelFacts { kernel_version, ..KernelFacts::default() } };
         let s = &self.model.sysctls;
         let v6 = report.ecmp.iter().find(|p| {
             p.family == 6
@@ -1205,6 +1206,7 @@ impl Core {
             ecmp_v6_affected: v6.and_then(|p| p.affected()),
             ecmp_v4_affected: v4.and_then(|p| p.affected()),
             sit_local_remote_drops: report.sit.as_ref().and_then(|p| p.drops()),
+            kernel_version,
         }
     }
 
@@ -1573,6 +1575,27 @@ async fn apply_intent(
             let names = writer::link_names().await.map_err(|e| e.to_string())?;
             writer::address_add(*address, dev, &names).await.map_err(|e| e.to_string())?;
             notes.push(format!("address {address} added on {dev}"));
+        }
+        Intent::Tunnel { name, kind, remote, local } => {
+            let names = writer::link_names().await.map_err(|e| e.to_string())?;
+            let exists = names.contains_key(name);
+            let (n, k, r, l) = (name.clone(), kind.clone(), *remote, *local);
+            tokio::task::spawn_blocking(move || writer::tunnel_set(&n, &k, r, l, exists))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            notes.push(format!(
+                "tunnel {name} ({kind}) {} with remote {remote}",
+                if exists { "changed" } else { "created" }
+            ));
+        }
+        Intent::LocalRoute { dst, dev } => {
+            let (d, v) = (*dst, dev.clone());
+            tokio::task::spawn_blocking(move || writer::local_route_add(d, &v))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            notes.push(format!("local route {dst} dev {dev} added to table local"));
         }
         Intent::LinkHairpin { dev, on } => {
             let (dev, on) = (dev.clone(), *on);

@@ -182,6 +182,13 @@ struct ChangeArgs {
     /// An address to add: 'ADDR/LEN dev IF'
     #[arg(long, value_name = "ADDR/LEN dev IF")]
     address_add: Option<String>,
+    /// Create an IP tunnel or change its ends:
+    /// 'NAME type sit|ipip|gre|ip6tnl|ip6gre remote ADDR [local ADDR]'
+    #[arg(long, value_name = "NAME type KIND remote ADDR [local ADDR]")]
+    tunnel: Option<String>,
+    /// A local route to add to table local: 'PREFIX dev IF'
+    #[arg(long, value_name = "PREFIX dev IF")]
+    local_route: Option<String>,
 }
 
 impl ChangeArgs {
@@ -204,8 +211,16 @@ impl ChangeArgs {
         } else if let Some(a) = &self.address_add {
             routeguard::policy::intent::parse_address_add(a)?;
             I::AddressAdd(a.clone())
+        } else if let Some(t) = &self.tunnel {
+            routeguard::policy::intent::parse_tunnel(t)?;
+            I::Tunnel(t.clone())
+        } else if let Some(r) = &self.local_route {
+            routeguard::policy::intent::parse_local_route(r)?;
+            I::LocalRoute(r.clone())
         } else {
-            anyhow::bail!("give --route-replace, --sysctl, --frr-cli, --link or --address-add");
+            anyhow::bail!(
+                "give --route-replace, --sysctl, --frr-cli, --link, --address-add, --tunnel or --local-route"
+            );
         };
         let requester = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default();
         Ok(pb::ChangeRequest { intent: Some(intent), requester })

@@ -53,6 +53,40 @@ impl EcmpLab {
                 n.ip(&["addr", "add", "10.255.0.1/32", "dev", "lo"]);
                 n.ip(&["route", "add", "default", "via", &format!("10.{i}.0.1"), "dev", &nif]);
             }
+            // Permanent neighbour entries both ways: neighbour discovery
+            // under a slow guest (the kernel-matrix lane) can fail a probe,
+            // and a failed neighbour drops the flow on its own, which is not
+            // the hazard under test.
+            let (rmac, nmac) = (mac_of(&r, &rif), mac_of(&n, &nif));
+            if v6 {
+                r.ip(&[
+                    "-6",
+                    "neigh",
+                    "replace",
+                    &format!("fd00:{i}::2"),
+                    "lladdr",
+                    &nmac,
+                    "dev",
+                    &rif,
+                    "nud",
+                    "permanent",
+                ]);
+                n.ip(&[
+                    "-6",
+                    "neigh",
+                    "replace",
+                    &format!("fd00:{i}::1"),
+                    "lladdr",
+                    &rmac,
+                    "dev",
+                    &nif,
+                    "nud",
+                    "permanent",
+                ]);
+            } else {
+                r.ip(&["neigh", "replace", &format!("10.{i}.0.2"), "lladdr", &nmac, "dev", &rif, "nud", "permanent"]);
+                n.ip(&["neigh", "replace", &format!("10.{i}.0.1"), "lladdr", &rmac, "dev", &nif, "nud", "permanent"]);
+            }
             let mut s =
                 n.spawn(&["python3", &lab_script("echo_server.py"), &format!("n{i}"), &Self::anycast_of(v6), PORT]);
             let ready = super::first_line(&mut s);
@@ -100,15 +134,7 @@ impl EcmpLab {
 
     /// Starts a flow holder in R.
     pub fn holder(&self) -> Holder {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.r.name, "python3", &lab_script("flow_holder.py"), &self.anycast(), PORT])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn flow holder");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Holder { child, stdin, stdout }
+        Holder::spawn(&self.r, &self.anycast(), PORT, None)
     }
 }
 
@@ -134,6 +160,20 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// Starts a flow holder in `ns` connecting to `addr`:`port`, its
+    /// sockets bound to device `bind_dev` (a VRF) when given.
+    pub fn spawn(ns: &Netns, addr: &str, port: &str, bind_dev: Option<&str>) -> Holder {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, "python3", &lab_script("flow_holder.py"), addr, port]);
+        if let Some(dev) = bind_dev {
+            cmd.env("BIND_DEV", dev);
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn flow holder");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Holder { child, stdin, stdout }
+    }
+
     /// Sends one command and parses its JSON answer.
     pub fn cmd(&mut self, line: &str) -> Value {
         writeln!(self.stdin, "{line}").expect("write to flow holder");
@@ -166,4 +206,11 @@ impl Drop for Holder {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The MAC address of `dev` in `ns`.
+fn mac_of(ns: &Netns, dev: &str) -> String {
+    let out = ns.ip(&["-j", "link", "show", "dev", dev]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j link show {dev}: {e}: {out}"));
+    v[0]["address"].as_str().unwrap_or_else(|| panic!("{dev} in {} has no MAC: {out}", ns.name)).to_string()
 }

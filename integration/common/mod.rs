@@ -136,7 +136,7 @@ impl Daemon {
         cmd.stdout(logf.try_clone().expect("dup")).stderr(logf);
         let child = cmd.spawn().expect("spawn daemon");
         let d = Daemon { socket, log, child, dir };
-        d.wait_ready(Duration::from_secs(20));
+        d.wait_ready(slow(Duration::from_secs(20)));
         d
     }
 
@@ -220,6 +220,20 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Result<T, String>
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `RG_TEST_SLOWDOWN=N` (default 1) multiplies the labs' waits (and, where a
+/// lab sets one, the daemon's socket poll interval), for machines N times
+/// slower than a host: integration/kernels/matrix runs labs under qemu/TCG
+/// with 20. Scaling the poll interval keeps the number of polls per wait the
+/// same.
+pub fn slowdown() -> u32 {
+    std::env::var("RG_TEST_SLOWDOWN").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
+}
+
+/// `d` stretched by [`slowdown`].
+pub fn slow(d: Duration) -> Duration {
+    d * slowdown()
 }
 
 /// Spawns a process and returns the first line of its stdout.

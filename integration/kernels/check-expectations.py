@@ -14,6 +14,9 @@ the entry gives it, fields) and its `expect` must hold:
   measured    measured, either verdict (for boot-dependent settings)
 
 Whatever the entry, a probe's `affected` must agree with `broken > 0`.
+An optional `[kernel."SERIES".sit]` table with `expect = "drops" | "delivers"
+| "skipped"` is checked against the report's sit probe (IPv6 over a sit
+tunnel to a local remote).
 Probes no entry names are listed as "not asserted".
 --override FAMILY/POLICY=VERDICT replaces the expectation of that setting
 (the matrix's negative control uses it). Prints one line per check; exits 0
@@ -24,6 +27,7 @@ import sys
 import tomllib
 
 VERDICTS = ("affected", "unaffected", "skipped", "measured")
+SIT_VERDICTS = ("drops", "delivers", "skipped")
 
 
 def die(msg):
@@ -136,6 +140,16 @@ def main(argv):
         }[want]
         check(holds and consistent, f"{p.get('setting', name)}: expected {want}{forced}, got {describe(p)}"
               + ("" if consistent else " (inconsistent: affected disagrees with broken)"))
+    sit_exp = exp["kernel"][series].get("sit")
+    if sit_exp is not None:
+        want = sit_exp.get("expect")
+        if want not in SIT_VERDICTS:
+            die(f"{exp_path}: kernel {series} sit: expect must be one of {', '.join(SIT_VERDICTS)}")
+        sit = report.get("sit") or {}
+        got = ("skipped" if sit.get("skipped") else "drops" if sit.get("drops") else "delivers") if sit else "absent"
+        check(got == want, f"sit to a local remote: expected {want}, got {got} ({sit.get('sent')} of "
+              f"{sit.get('datagrams')} sent, {sit.get('tx_carrier_errors')} tx_carrier_errors"
+              + (f"; {sit['skipped']}" if sit.get("skipped") else "") + ")")
     for i, p in enumerate(probes):
         if i not in used:
             print(f"note {series} {p.get('setting')}: not asserted, got {describe(p)}")

@@ -6,8 +6,11 @@ commands on stdin with one JSON line each:
   check      send one line on every open connection; report which broke
   close      close all connections
   quit
-Usage: flow_holder.py ADDR PORT"""
+Usage: flow_holder.py ADDR PORT
+With BIND_DEV=DEV in the environment every socket is bound to device DEV
+(SO_BINDTODEVICE; a VRF device puts the connections in that VRF)."""
 import json
+import os
 import socket
 import sys
 
@@ -39,6 +42,8 @@ for line in sys.stdin:
         opened, nodes = [], {}
         for _ in range(int(cmd[1])):
             c = socket.socket(family, socket.SOCK_STREAM)
+            if os.environ.get("BIND_DEV"):
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, os.environ["BIND_DEV"].encode())
             c.settimeout(3)
             c.connect((addr, port))
             lport = c.getsockname()[1]

@@ -14,7 +14,10 @@ use tonic::{Request, Response, Status};
 use crate::core::{ChangeAsk, CoreHandle, LookupResult, Query};
 use crate::hazards::Finding;
 use crate::model::flows::MemberId;
-use crate::policy::intent::{parse_address_add, parse_frr_cli, parse_link, parse_route_replace, parse_sysctl, Intent};
+use crate::policy::intent::{
+    parse_address_add, parse_frr_cli, parse_link, parse_local_route, parse_route_replace, parse_sysctl, parse_tunnel,
+    Intent,
+};
 use crate::policy::{Decision, Verdict};
 use crate::proto::guard as pb;
 
@@ -175,7 +178,13 @@ pub fn intent_of(req: &pb::ChangeRequest) -> Result<Intent, Status> {
         Some(I::FrrCli(s)) => parse_frr_cli(s),
         Some(I::Link(s)) => parse_link(s),
         Some(I::AddressAdd(s)) => parse_address_add(s),
-        None => return Err(Status::invalid_argument("no change given: set route_replace or sysctl")),
+        Some(I::Tunnel(s)) => parse_tunnel(s),
+        Some(I::LocalRoute(s)) => parse_local_route(s),
+        None => {
+            return Err(Status::invalid_argument(
+                "no change given: set one of route_replace, sysctl, frr_cli, link, address_add, tunnel, local_route",
+            ))
+        }
     }
     .map_err(|e| Status::invalid_argument(e.to_string()))
 }

@@ -373,10 +373,18 @@ mod tests {
             .collect()
     }
 
-    const AFFECTED: KernelFacts =
-        KernelFacts { ecmp_v6_affected: Some(true), ecmp_v4_affected: Some(false), sit_local_remote_drops: None };
-    const UNAFFECTED: KernelFacts =
-        KernelFacts { ecmp_v6_affected: Some(false), ecmp_v4_affected: Some(false), sit_local_remote_drops: None };
+    const AFFECTED: KernelFacts = KernelFacts {
+        ecmp_v6_affected: Some(true),
+        ecmp_v4_affected: Some(false),
+        sit_local_remote_drops: None,
+        kernel_version: None,
+    };
+    const UNAFFECTED: KernelFacts = KernelFacts {
+        ecmp_v6_affected: Some(false),
+        ecmp_v4_affected: Some(false),
+        sit_local_remote_drops: None,
+        kernel_version: None,
+    };
 
     #[test]
     fn identical_replace_moves_exactly_the_armed_flows_on_and_below_it() {

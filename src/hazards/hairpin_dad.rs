@@ -170,8 +170,12 @@ mod tests {
         m
     }
 
-    const FACTS: KernelFacts =
-        KernelFacts { ecmp_v6_affected: None, ecmp_v4_affected: None, sit_local_remote_drops: None };
+    const FACTS: KernelFacts = KernelFacts {
+        ecmp_v6_affected: None,
+        ecmp_v4_affected: None,
+        sit_local_remote_drops: None,
+        kernel_version: None,
+    };
 
     #[test]
     fn hairpin_without_the_filter_is_a_warning_with_a_stage_plan() {

@@ -99,6 +99,23 @@ pub struct KernelFacts {
     /// Whether IPv6 over a sit tunnel whose remote is a local address is
     /// dropped (kernels before 5.17); `None` when not measured (no sit).
     pub sit_local_remote_drops: Option<bool>,
+    /// The running kernel's (major, minor) version: what detectors fall
+    /// back on, and say so, where the self-test has not measured (yet).
+    pub kernel_version: Option<(u32, u32)>,
+}
+
+/// (major, minor) of the running kernel, read once.
+pub fn running_kernel_version() -> Option<(u32, u32)> {
+    static V: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    *V.get_or_init(|| parse_kernel_version(&crate::kernel_release()))
+}
+
+/// (major, minor) of a kernel release string such as `5.10.0-46-amd64`.
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(['.', '-']);
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Everything a detector may look at.
@@ -133,4 +150,16 @@ pub fn all() -> Vec<Box<dyn Detector>> {
         Box::new(hairpin_dad::HairpinDad),
         Box::new(tunnel_local_remote::TunnelLocalRemote),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(super::parse_kernel_version("5.10.0-46-amd64"), Some((5, 10)));
+        assert_eq!(super::parse_kernel_version("6.18.44-fc-v595"), Some((6, 18)));
+        assert_eq!(super::parse_kernel_version("6.1"), Some((6, 1)));
+        assert_eq!(super::parse_kernel_version("garbage"), None);
+        assert_eq!(super::parse_kernel_version(""), None);
+    }
 }

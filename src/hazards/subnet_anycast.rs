@@ -302,8 +302,12 @@ mod tests {
         (m, peers)
     }
 
-    const FACTS: KernelFacts =
-        KernelFacts { ecmp_v6_affected: None, ecmp_v4_affected: None, sit_local_remote_drops: None };
+    const FACTS: KernelFacts = KernelFacts {
+        ecmp_v6_affected: None,
+        ecmp_v4_affected: None,
+        sit_local_remote_drops: None,
+        kernel_version: None,
+    };
 
     #[test]
     fn latent_conflict_is_a_warning_and_the_toggle_is_critical_with_a_stage_plan() {

@@ -34,15 +34,17 @@
 //! address on this node); for sit, a kernel with ed6ae5ca437d (5.17+); for
 //! ip6tnl/ip6gre, `allow-localremote`.
 //!
-//! `evaluate` judges `Intent::AddressAdd`: an address add that would make a
-//! tunnel's remote local gets the same severity as the tunnel would have.
+//! `evaluate` judges the proposals that can make a tunnel's remote local: an
+//! address add (`Intent::AddressAdd`), a local route (`Intent::LocalRoute`),
+//! and a tunnel created or changed to a remote that is already local
+//! (`Intent::Tunnel`). Each gets the severity the tunnel would have.
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
 use super::{Context, Detector, Finding, Mitigation, Severity};
-use crate::model::{Link, Model, TABLE_LOCAL};
+use crate::model::{Link, Model, TunnelEnds, TABLE_LOCAL};
 use crate::policy::intent::Intent;
 
 /// The detector.
@@ -89,6 +91,8 @@ enum Why {
     LocalRoute { dst: IpNetwork, ifindex: Option<u32> },
     /// A proposed `ip addr add` would make it an address of `dev`.
     Proposed { address: IpNetwork, dev: String },
+    /// A proposed `ip route add local DST dev DEV table local` would cover it.
+    ProposedLocalRoute { dst: IpNetwork, dev: String },
 }
 
 impl Why {
@@ -109,6 +113,9 @@ impl Why {
             ),
             Why::Proposed { address, dev } => {
                 format!("`ip addr add {address} dev {dev}` would make {remote} an address of this node")
+            }
+            Why::ProposedLocalRoute { dst, dev } => {
+                format!("`ip route add local {dst} dev {dev} table local` would make {remote} local to this node")
             }
         }
     }
@@ -174,6 +181,11 @@ fn mitigations(link: &Link, b: Behaviour, remote: IpAddr) -> Vec<Mitigation> {
 
 /// Severity and the verdict half of the summary for a tunnel whose remote
 /// is (or would be) local for reason `why`.
+/// The first kernel that delivers IPv6 over a sit tunnel to a local remote
+/// (commit ed6ae5ca437d). Stable kernels may carry a backport: the self-test's
+/// measurement, when there is one, takes precedence.
+const FIXED_IN: (u32, u32) = (5, 17);
+
 fn judge(ctx: &Context<'_>, link: &Link, b: Behaviour, why: &Why) -> (Severity, String) {
     let kind = link.kind.as_deref().unwrap_or("?");
     match b {
@@ -189,14 +201,26 @@ fn judge(ctx: &Context<'_>, link: &Link, b: Behaviour, why: &Why) -> (Severity, 
                     link.name
                 ),
             ),
-            None => (
-                Severity::Warning,
-                format!(
-                    "kernels before 5.17 silently drop IPv6 over {}; this kernel was not measured (the self-test \
-                     has no sit result)",
-                    link.name
+            // Not measured (yet, or no sit in the self-test's namespace):
+            // judge by the version, and say that is what it is.
+            None => match ctx.kernel.kernel_version {
+                Some(v) if v < FIXED_IN => (
+                    Severity::Critical,
+                    format!(
+                        "IPv6 over {} is silently dropped by kernels before 5.17 and this is {}.{} (predicted from \
+                         the version: the self-test has not measured sit yet)",
+                        link.name, v.0, v.1
+                    ),
                 ),
-            ),
+                _ => (
+                    Severity::Warning,
+                    format!(
+                        "kernels before 5.17 silently drop IPv6 over {}; this kernel was not measured (the \
+                         self-test has no sit result)",
+                        link.name
+                    ),
+                ),
+            },
         },
         Behaviour::RefusesOwnAddress if why.is_own_address() => (
             Severity::Critical,
@@ -224,26 +248,37 @@ fn judge(ctx: &Context<'_>, link: &Link, b: Behaviour, why: &Why) -> (Severity, 
 fn evidence(ctx: &Context<'_>, link: &Link, b: Behaviour, remote: IpAddr, why: &Why) -> Vec<String> {
     let t = link.tunnel.as_ref();
     let local = t.and_then(|t| t.local).map(|a| a.to_string()).unwrap_or_else(|| "any".into());
-    let mut v = vec![
+    // A tunnel that does not exist yet (a proposed create) has no index
+    // and no counters.
+    let proposed = link.ifindex == 0;
+    let mut v = vec![if proposed {
+        format!(
+            "proposed tunnel {} (kind {}): local {local}, remote {remote}",
+            link.name,
+            link.kind.as_deref().unwrap_or("?")
+        )
+    } else {
         format!(
             "tunnel {} (ifindex {}, kind {}, {}): local {local}, remote {remote}",
             link.name,
             link.ifindex,
             link.kind.as_deref().unwrap_or("?"),
             if link.is_up() { "up" } else { "down" }
-        ),
-        why.describe(ctx.model, remote),
-        format!(
+        )
+    }];
+    v.push(why.describe(ctx.model, remote));
+    if !proposed {
+        v.push(format!(
             "{}: tx_packets {}, tx_carrier_errors {} (as of the last link message)",
             link.name, link.tx_packets, link.tx_carrier_errors
-        ),
-    ];
+        ));
+    }
     if b == Behaviour::Sit {
         v.push(
             match ctx.kernel.sit_local_remote_drops {
                 Some(true) => "self-test: IPv6 over a sit tunnel to a local remote is dropped on this kernel",
                 Some(false) => "self-test: IPv6 over a sit tunnel to a local remote is delivered on this kernel",
-                None => "self-test: not measured (no sit result)",
+                None => "self-test: not measured (no sit result): judged by the kernel version",
             }
             .into(),
         );
@@ -251,13 +286,13 @@ fn evidence(ctx: &Context<'_>, link: &Link, b: Behaviour, remote: IpAddr, why: &
     v
 }
 
-fn finding(ctx: &Context<'_>, link: &Link, b: Behaviour, remote: IpAddr, why: &Why, proposed: bool) -> Finding {
+/// A finding for `link`, whose remote is local for reason `why`; `lead`
+/// names the proposed change that makes it so (none: it already is).
+fn finding(ctx: &Context<'_>, link: &Link, b: Behaviour, remote: IpAddr, why: &Why, lead: Option<String>) -> Finding {
     let (severity, verdict) = judge(ctx, link, b, why);
-    let summary = if proposed {
-        let Why::Proposed { address, dev } = why else { unreachable!("proposed findings carry the address") };
-        format!("adding {address} to {dev} makes the remote {remote} of tunnel {} local: {verdict}", link.name)
-    } else {
-        format!("remote {remote} of tunnel {} is local: {verdict}", link.name)
+    let summary = match lead {
+        Some(lead) => format!("{lead}: {verdict}"),
+        None => format!("remote {remote} of tunnel {} is local: {verdict}", link.name),
     };
     Finding {
         hazard: NAME,
@@ -279,21 +314,59 @@ impl Detector for TunnelLocalRemote {
         tunnels(ctx.model)
             .filter_map(|(l, b, remote)| {
                 let why = why_local(ctx.model, remote)?;
-                Some(finding(ctx, l, b, remote, &why, false))
+                Some(finding(ctx, l, b, remote, &why, None))
             })
             .collect()
     }
 
     fn evaluate(&self, ctx: &Context<'_>, intent: &Intent) -> Vec<Finding> {
-        let Intent::AddressAdd { address, dev } = intent else { return Vec::new() };
-        let added = address.ip();
-        tunnels(ctx.model)
-            .filter(|(_, _, remote)| *remote == added && why_local(ctx.model, *remote).is_none())
-            .map(|(l, b, remote)| {
-                let why = Why::Proposed { address: *address, dev: dev.clone() };
-                finding(ctx, l, b, remote, &why, true)
-            })
-            .collect()
+        match intent {
+            Intent::AddressAdd { address, dev } => {
+                let added = address.ip();
+                tunnels(ctx.model)
+                    .filter(|(_, _, remote)| *remote == added && why_local(ctx.model, *remote).is_none())
+                    .map(|(l, b, remote)| {
+                        let why = Why::Proposed { address: *address, dev: dev.clone() };
+                        let lead =
+                            format!("adding {address} to {dev} makes the remote {remote} of tunnel {} local", l.name);
+                        finding(ctx, l, b, remote, &why, Some(lead))
+                    })
+                    .collect()
+            }
+            Intent::LocalRoute { dst, dev } => tunnels(ctx.model)
+                .filter(|(_, _, remote)| dst.contains(*remote) && why_local(ctx.model, *remote).is_none())
+                .map(|(l, b, remote)| {
+                    let why = Why::ProposedLocalRoute { dst: *dst, dev: dev.clone() };
+                    let lead =
+                        format!("a local route {dst} on {dev} makes the remote {remote} of tunnel {} local", l.name);
+                    finding(ctx, l, b, remote, &why, Some(lead))
+                })
+                .collect(),
+            Intent::Tunnel { name, kind, remote, local } => {
+                let (Some(b), Some(why)) = (behaviour(kind), why_local(ctx.model, *remote)) else { return Vec::new() };
+                // The tunnel as it would be: the existing link with new ends,
+                // or a new one (index 0: no counters yet).
+                let existing = ctx.model.links.values().find(|l| l.name == *name);
+                let mut link = existing.cloned().unwrap_or_else(|| Link {
+                    ifindex: 0,
+                    name: name.clone(),
+                    kind: None,
+                    master: None,
+                    flags: 0,
+                    mtu: 0,
+                    bridge_port: None,
+                    tunnel: None,
+                    tx_packets: 0,
+                    tx_carrier_errors: 0,
+                });
+                link.kind = Some(kind.clone());
+                link.tunnel = Some(TunnelEnds { local: *local, remote: Some(*remote) });
+                let verb = if existing.is_some() { "changing" } else { "creating" };
+                let lead = format!("{verb} tunnel {name} ({kind}) with the local remote {remote}");
+                vec![finding(ctx, &link, b, *remote, &why, Some(lead))]
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -317,12 +390,36 @@ mod tests {
     const IP6TNL_5_10: &[u8] = include_bytes!("../kernel/decode/testdata/link_ip6tnl_local_remote_5.10.bin");
     const IP6GRE_5_10: &[u8] = include_bytes!("../kernel/decode/testdata/link_ip6gre_5.10.bin");
 
-    const AFFECTED: KernelFacts =
-        KernelFacts { ecmp_v6_affected: None, ecmp_v4_affected: None, sit_local_remote_drops: Some(true) };
-    const UNAFFECTED: KernelFacts =
-        KernelFacts { ecmp_v6_affected: None, ecmp_v4_affected: None, sit_local_remote_drops: Some(false) };
-    const UNKNOWN: KernelFacts =
-        KernelFacts { ecmp_v6_affected: None, ecmp_v4_affected: None, sit_local_remote_drops: None };
+    const AFFECTED: KernelFacts = KernelFacts {
+        ecmp_v6_affected: None,
+        ecmp_v4_affected: None,
+        sit_local_remote_drops: Some(true),
+        kernel_version: None,
+    };
+    const UNAFFECTED: KernelFacts = KernelFacts {
+        ecmp_v6_affected: None,
+        ecmp_v4_affected: None,
+        sit_local_remote_drops: Some(false),
+        kernel_version: None,
+    };
+    const OLD_UNMEASURED: KernelFacts = KernelFacts {
+        ecmp_v6_affected: None,
+        ecmp_v4_affected: None,
+        sit_local_remote_drops: None,
+        kernel_version: Some((5, 10)),
+    };
+    const NEW_UNMEASURED: KernelFacts = KernelFacts {
+        ecmp_v6_affected: None,
+        ecmp_v4_affected: None,
+        sit_local_remote_drops: None,
+        kernel_version: Some((6, 1)),
+    };
+    const UNKNOWN: KernelFacts = KernelFacts {
+        ecmp_v6_affected: None,
+        ecmp_v4_affected: None,
+        sit_local_remote_drops: None,
+        kernel_version: None,
+    };
 
     /// The one `Change::Link` a whole captured message (nlmsghdr included)
     /// converts to.
@@ -507,6 +604,59 @@ mod tests {
     }
 
     #[test]
+    fn a_local_route_over_a_remote_is_flagged_like_an_address() {
+        let m = lab();
+        let add = crate::policy::intent::parse_local_route("192.0.2.0/24 dev lo").unwrap();
+        let f = run(&m, &AFFECTED, |c| TunnelLocalRemote.evaluate(c, &add));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert!(
+            f[0].summary
+                .starts_with("a local route 192.0.2.0/24 on lo makes the remote 192.0.2.1 of tunnel rgsitremote local"),
+            "{}",
+            f[0].summary
+        );
+        assert_eq!(
+            f[0].evidence[1],
+            "`ip route add local 192.0.2.0/24 dev lo table local` would make 192.0.2.1 local to this node"
+        );
+        assert_eq!(run(&m, &UNAFFECTED, |c| TunnelLocalRemote.evaluate(c, &add))[0].severity, Severity::Info);
+        // A prefix that covers no remote says nothing.
+        let other = crate::policy::intent::parse_local_route("203.0.113.0/24 dev lo").unwrap();
+        assert!(run(&m, &AFFECTED, |c| TunnelLocalRemote.evaluate(c, &other)).is_empty());
+    }
+
+    #[test]
+    fn a_tunnel_created_or_changed_to_a_local_remote_is_flagged() {
+        let m = lab();
+        let new = crate::policy::intent::parse_tunnel("t9 type sit remote 10.0.0.1 local 10.0.0.2").unwrap();
+        let f = run(&m, &AFFECTED, |c| TunnelLocalRemote.evaluate(c, &new));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert!(
+            f[0].summary.starts_with("creating tunnel t9 (sit) with the local remote 10.0.0.1: "),
+            "{}",
+            f[0].summary
+        );
+        assert_eq!(f[0].evidence[0], "proposed tunnel t9 (kind sit): local 10.0.0.2, remote 10.0.0.1");
+        assert_eq!(f[0].evidence[1], "10.0.0.1 is an address of lo (10.0.0.1/32)");
+        assert!(!f[0].evidence.iter().any(|e| e.contains("tx_packets")), "a new tunnel has no counters");
+        assert_eq!(run(&m, &UNAFFECTED, |c| TunnelLocalRemote.evaluate(c, &new))[0].severity, Severity::Info);
+        // Changing an existing tunnel's remote to a local address.
+        let change = crate::policy::intent::parse_tunnel("rgsitremote type sit remote 10.0.0.2").unwrap();
+        let f = run(&m, &AFFECTED, |c| TunnelLocalRemote.evaluate(c, &change));
+        assert!(f[0].summary.starts_with("changing tunnel rgsitremote (sit)"), "{}", f[0].summary);
+        assert!(f[0].evidence[0].starts_with("tunnel rgsitremote (ifindex "), "{:?}", f[0].evidence);
+        // ip6gre to an address of this node: refused on every kernel.
+        let g = crate::policy::intent::parse_tunnel("g6 type ip6gre remote fd00:5117:ffff::1").unwrap();
+        let f = run(&m, &UNAFFECTED, |c| TunnelLocalRemote.evaluate(c, &g));
+        assert_eq!(f[0].severity, Severity::Critical);
+        // A remote that is not local: nothing.
+        let far = crate::policy::intent::parse_tunnel("t9 type sit remote 198.18.0.1").unwrap();
+        assert!(run(&m, &AFFECTED, |c| TunnelLocalRemote.evaluate(c, &far)).is_empty());
+    }
+
+    #[test]
     fn an_address_add_that_makes_a_remote_local_is_flagged() {
         let m = lab();
         let add = parse_address_add("192.0.2.1/24 dev lo").unwrap();
@@ -524,6 +674,13 @@ mod tests {
         let f = run(&m, &UNAFFECTED, |c| TunnelLocalRemote.evaluate(c, &add));
         assert_eq!(f[0].severity, Severity::Info);
         let f = run(&m, &UNKNOWN, |c| TunnelLocalRemote.evaluate(c, &add));
+        assert_eq!(f[0].severity, Severity::Warning);
+        // Not measured: an old kernel is judged by its version, and the
+        // summary says so; a new one stays a warning.
+        let f = run(&m, &OLD_UNMEASURED, |c| TunnelLocalRemote.evaluate(c, &add));
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert!(f[0].summary.contains("this is 5.10 (predicted from the version"), "{}", f[0].summary);
+        let f = run(&m, &NEW_UNMEASURED, |c| TunnelLocalRemote.evaluate(c, &add));
         assert_eq!(f[0].severity, Severity::Warning);
 
         // ip6gre's remote becoming an address of this node: critical anywhere.

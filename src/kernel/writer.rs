@@ -29,6 +29,14 @@ pub enum WriteError {
         /// The kernel's answer.
         reason: String,
     },
+    /// An `ip` command the change needed failed.
+    #[error("{what}: {reason}")]
+    Command {
+        /// What was being changed (`tunnel rgsit2`).
+        what: String,
+        /// What `ip` said.
+        reason: String,
+    },
     /// nftables refused.
     #[error("nftables: {reason}")]
     Nft {
@@ -106,6 +114,49 @@ pub async fn address_add(address: IpNetwork, dev: &str, ifindex_of: &HashMap<Str
         handle.address().add(index, address.ip(), address.prefix()).execute().await.map_err(|e| fail(e.to_string()));
     task.abort();
     r
+}
+
+/// Runs `ip ARGS`, naming `what` in the error.
+fn ip_cmd(what: &str, args: &[&str]) -> Result<(), WriteError> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| WriteError::Command { what: what.into(), reason: format!("cannot run ip: {e}") })?;
+    if !out.status.success() {
+        return Err(WriteError::Command {
+            what: what.into(),
+            reason: String::from_utf8_lossy(&out.stderr).trim().into(),
+        });
+    }
+    Ok(())
+}
+
+/// Creates IP tunnel `name` of `kind` (`ip link add NAME type KIND remote R
+/// [local L]`), or, when `exists`, changes its ends (`ip link set NAME type
+/// KIND remote R [local L]`).
+pub fn tunnel_set(
+    name: &str,
+    kind: &str,
+    remote: IpAddr,
+    local: Option<IpAddr>,
+    exists: bool,
+) -> Result<(), WriteError> {
+    valid_ifname(name)?;
+    let (r, l) = (remote.to_string(), local.map(|l| l.to_string()));
+    let mut args = vec!["link", if exists { "set" } else { "add" }, name, "type", kind];
+    args.extend(["remote", r.as_str()]);
+    if let Some(l) = &l {
+        args.extend(["local", l.as_str()]);
+    }
+    ip_cmd(&format!("tunnel {name}"), &args)
+}
+
+/// Adds `local DST dev DEV table local`, like `ip route add local`.
+pub fn local_route_add(dst: IpNetwork, dev: &str) -> Result<(), WriteError> {
+    valid_ifname(dev)?;
+    let d = dst.to_string();
+    let fam = if dst.is_ipv6() { "-6" } else { "-4" };
+    ip_cmd(&format!("local route {d}"), &[fam, "route", "add", "local", &d, "dev", dev, "table", "local"])
 }
 
 /// Path of a dotted sysctl name under `root` (normally /proc/sys).

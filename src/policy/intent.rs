@@ -40,6 +40,28 @@ pub enum Intent {
         /// Interface name.
         dev: String,
     },
+    /// Create an IP tunnel, or change an existing one's ends:
+    /// `ip link add|set NAME type KIND remote ADDR [local ADDR]`.
+    Tunnel {
+        /// Interface name.
+        name: String,
+        /// Link kind: sit, ipip, gre, ip6tnl or ip6gre (`tunnel_kind` in
+        /// JSON: `kind` names the intent).
+        #[serde(rename = "tunnel_kind")]
+        kind: String,
+        /// Remote end.
+        remote: IpAddr,
+        /// Local end, when given.
+        local: Option<IpAddr>,
+    },
+    /// `ip route add local PREFIX dev IF table local`: makes every address
+    /// in PREFIX local to this node.
+    LocalRoute {
+        /// The prefix (host bits cleared).
+        dst: IpNetwork,
+        /// Interface name.
+        dev: String,
+    },
 }
 
 impl Intent {
@@ -63,7 +85,11 @@ impl Intent {
                 };
                 vec![(format!("net.{fam}.conf.all.forwarding"), if no { "0" } else { "1" }.to_string())]
             }
-            Intent::RouteReplace(_) | Intent::LinkHairpin { .. } | Intent::AddressAdd { .. } => Vec::new(),
+            Intent::RouteReplace(_)
+            | Intent::LinkHairpin { .. }
+            | Intent::AddressAdd { .. }
+            | Intent::Tunnel { .. }
+            | Intent::LocalRoute { .. } => Vec::new(),
         }
     }
 }
@@ -223,23 +249,101 @@ pub fn parse_address_add(text: &str) -> Result<Intent, IntentError> {
     if address.ip().is_unspecified() || address.ip().is_multicast() {
         return Err(bad(W, format!("`{first}` cannot be an interface address")));
     }
+    let dev = dev_clause(W, toks, "ADDR/LEN dev IF")?;
+    Ok(Intent::AddressAdd { address, dev })
+}
+
+/// The rest of `--address-add` / `--local-route`: exactly one `dev IF`
+/// (`form` is the whole flag's form, for the error).
+fn dev_clause<'a>(w: &str, mut toks: impl Iterator<Item = &'a str>, form: &str) -> Result<String, IntentError> {
     let mut dev = None;
     while let Some(tok) = toks.next() {
         match tok {
             "dev" => {
-                let v = toks.next().ok_or_else(|| bad(W, "`dev` needs a value"))?;
-                if v.len() > 15 || v.contains('/') || v == "." || v == ".." {
-                    return Err(bad(W, format!("`dev {v}`: `{v}` is not an interface name")));
+                let v = toks.next().ok_or_else(|| bad(w, "`dev` needs a value"))?;
+                if !ifname_ok(v) {
+                    return Err(bad(w, format!("`dev {v}`: `{v}` is not an interface name")));
                 }
                 if dev.replace(v.to_string()).is_some() {
-                    return Err(bad(W, format!("`dev {v}`: `dev` given twice")));
+                    return Err(bad(w, format!("`dev {v}`: `dev` given twice")));
                 }
             }
-            other => return Err(bad(W, format!("unexpected `{other}`"))),
+            other => return Err(bad(w, format!("unexpected `{other}`"))),
         }
     }
-    let dev = dev.ok_or_else(|| bad(W, "no `dev`; expected `ADDR/LEN dev IF`"))?;
-    Ok(Intent::AddressAdd { address, dev })
+    dev.ok_or_else(|| bad(w, format!("no `dev`; expected `{form}`")))
+}
+
+fn ifname_ok(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 15 && !v.contains('/') && v != "." && v != ".." && !v.contains(char::is_whitespace)
+}
+
+/// Tunnel kinds `--tunnel` takes, and whether their ends are IPv6.
+const TUNNEL_KINDS: &[(&str, bool)] =
+    &[("sit", false), ("ipip", false), ("gre", false), ("ip6tnl", true), ("ip6gre", true)];
+
+/// Parses `NAME type KIND remote ADDR [local ADDR]` for `--tunnel` (create
+/// the tunnel, or change the ends of an existing one).
+pub fn parse_tunnel(text: &str) -> Result<Intent, IntentError> {
+    const W: &str = "--tunnel";
+    let mut toks = text.split_whitespace();
+    let name = toks.next().ok_or_else(|| bad(W, "empty; expected `NAME type KIND remote ADDR [local ADDR]`"))?;
+    if !ifname_ok(name) || ["type", "remote", "local"].contains(&name) {
+        return Err(bad(W, format!("`{name}` is not an interface name; expected `NAME type KIND remote ADDR`")));
+    }
+    let (mut kind, mut remote, mut local) = (None, None, None);
+    while let Some(tok) = toks.next() {
+        let v = toks.next().ok_or_else(|| bad(W, format!("`{tok}` needs a value")))?;
+        let addr = |v: &str| -> Result<IpAddr, IntentError> {
+            v.parse().map_err(|_| bad(W, format!("`{tok} {v}`: `{v}` is not an address")))
+        };
+        let dup = match tok {
+            "type" | "mode" => {
+                let k = TUNNEL_KINDS
+                    .iter()
+                    .find(|(k, _)| *k == v)
+                    .ok_or_else(|| bad(W, format!("`{tok} {v}`: expected one of sit, ipip, gre, ip6tnl, ip6gre")))?;
+                kind.replace(*k).is_some()
+            }
+            "remote" => remote.replace(addr(v)?).is_some(),
+            "local" => local.replace(addr(v)?).is_some(),
+            other => return Err(bad(W, format!("unexpected `{other}`"))),
+        };
+        if dup {
+            return Err(bad(W, format!("`{tok}` given twice")));
+        }
+    }
+    let (kind, v6) = kind.ok_or_else(|| bad(W, "no `type KIND`"))?;
+    let remote: IpAddr = remote.ok_or_else(|| bad(W, "no `remote ADDR`"))?;
+    for (what, a) in [("remote", Some(remote)), ("local", local)] {
+        if let Some(a) = a {
+            if a.is_ipv6() != v6 {
+                return Err(bad(
+                    W,
+                    format!("`{what} {a}` is not an IPv{} address, as {kind} needs", if v6 { 6 } else { 4 }),
+                ));
+            }
+        }
+    }
+    if remote.is_unspecified() || remote.is_multicast() {
+        return Err(bad(W, format!("`remote {remote}` cannot be a tunnel's remote end")));
+    }
+    Ok(Intent::Tunnel { name: name.to_string(), kind: kind.to_string(), remote, local })
+}
+
+/// Parses `PREFIX dev IF` for `--local-route` (`ip route add local PREFIX
+/// dev IF table local`).
+pub fn parse_local_route(text: &str) -> Result<Intent, IntentError> {
+    const W: &str = "--local-route";
+    let mut toks = text.split_whitespace();
+    let first = toks.next().ok_or_else(|| bad(W, "empty; expected `PREFIX dev IF`"))?;
+    let net: IpNetwork = match first.split_once('/') {
+        Some(_) => first.parse().map_err(|_| bad(W, format!("`{first}` is not a prefix")))?,
+        None => IpNetwork::from(first.parse::<IpAddr>().map_err(|_| bad(W, format!("`{first}` is not a prefix")))?),
+    };
+    let dst = IpNetwork::new(net.network(), net.prefix()).map_err(|_| bad(W, format!("`{first}` is not a prefix")))?;
+    let dev = dev_clause(W, toks, "PREFIX dev IF")?;
+    Ok(Intent::LocalRoute { dst, dev })
 }
 
 /// Parses `KEY=VALUE` for `--sysctl`, accepting dotted or slashed names.
@@ -260,6 +364,58 @@ pub fn parse_sysctl(text: &str) -> Result<Intent, IntentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunnel_form_and_errors() {
+        let t = parse_tunnel("rgsit type sit remote 192.0.2.7 local 10.0.0.1").unwrap();
+        assert_eq!(
+            t,
+            Intent::Tunnel {
+                name: "rgsit".into(),
+                kind: "sit".into(),
+                remote: "192.0.2.7".parse().unwrap(),
+                local: Some("10.0.0.1".parse().unwrap())
+            }
+        );
+        // `mode` as `ip tunnel` spells it, no local.
+        assert!(matches!(
+            parse_tunnel("t6 mode ip6tnl remote 2001:db8::1").unwrap(),
+            Intent::Tunnel { local: None, .. }
+        ));
+        let e = |t: &str| parse_tunnel(t).unwrap_err().to_string();
+        assert!(e("").contains("empty"));
+        assert!(e("t type vxlan remote 10.0.0.1").contains("`type vxlan`: expected one of"));
+        assert!(e("t type sit").contains("no `remote ADDR`"));
+        assert!(e("t remote 10.0.0.1").contains("no `type KIND`"));
+        assert!(e("t type sit remote 2001:db8::1").contains("not an IPv4 address, as sit needs"));
+        assert!(e("t type ip6gre remote 10.0.0.1").contains("not an IPv6 address, as ip6gre needs"));
+        assert!(e("t type sit remote nope").contains("`nope` is not an address"));
+        assert!(e("t type sit remote 10.0.0.1 remote 10.0.0.2").contains("`remote` given twice"));
+        assert!(e("t type sit remote 10.0.0.1 ttl").contains("`ttl` needs a value"));
+        assert!(e("t type sit remote 10.0.0.1 ttl 64").contains("unexpected `ttl`"));
+        assert!(e("t type sit remote 0.0.0.0").contains("cannot be a tunnel's remote"));
+        assert!(e("averyveryverylongname type sit remote 10.0.0.1").contains("not an interface name"));
+        assert_eq!(parse_tunnel("t type sit remote 10.0.0.1").unwrap().effective_sysctls(), vec![]);
+    }
+
+    #[test]
+    fn local_route_form_and_errors() {
+        assert_eq!(
+            parse_local_route("192.0.2.9/24 dev lo").unwrap(),
+            Intent::LocalRoute { dst: "192.0.2.0/24".parse().unwrap(), dev: "lo".into() }
+        );
+        assert_eq!(
+            parse_local_route("2001:db8::1 dev lo").unwrap(),
+            Intent::LocalRoute { dst: "2001:db8::1/128".parse().unwrap(), dev: "lo".into() }
+        );
+        let e = |t: &str| parse_local_route(t).unwrap_err().to_string();
+        assert!(e("").contains("empty"));
+        assert!(e("nope dev lo").contains("`nope` is not a prefix"));
+        assert!(e("10.0.0.0/33 dev lo").contains("not a prefix"));
+        assert!(e("10.0.0.0/8").contains("no `dev`"));
+        assert!(e("10.0.0.0/8 dev").contains("needs a value"));
+        assert!(e("10.0.0.0/8 dev lo via 1.2.3.4").contains("unexpected `via`"));
+    }
 
     #[test]
     fn multipath_form() {
