@@ -31,10 +31,11 @@ use backon::BackoffBuilder;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::frr::vtysh::Vtysh;
 use crate::hazards::{self, Context, Detector, Finding, KernelFacts, Severity};
+use crate::journal::{Journal, Record};
 use crate::kernel::{dump, monitor, route_get, sockdiag, syn_observer, sysctl, writer};
 use crate::metrics::{FindingLabel, KindLabel, Metrics, VerdictLabel};
 use crate::model::flows::{Flow, FlowKey, FlowTable, MemberId, Observation};
@@ -96,6 +97,36 @@ pub enum Query {
     Pending {
         /// Reply.
         reply: oneshot::Sender<Vec<PendingView>>,
+    },
+    /// Apply a held or vetoed change now, despite its findings.
+    Approve {
+        /// Change id.
+        id: u64,
+        /// Who (audit log).
+        who: String,
+        /// Why (required, audit log).
+        reason: String,
+        /// Reply once applied (or refused): the outcome.
+        reply: oneshot::Sender<Result<ProposeOutcome, String>>,
+    },
+    /// Drop a held change.
+    Cancel {
+        /// Change id.
+        id: u64,
+        /// Who (audit log).
+        who: String,
+        /// Why (may be empty).
+        reason: String,
+        /// Reply: what was cancelled, or why not.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// The journal's entries (decisions, approvals, cancels, outcomes),
+    /// optionally of one change only.
+    History {
+        /// Only this change.
+        id: Option<u64>,
+        /// Reply.
+        reply: oneshot::Sender<Result<Vec<crate::journal::Entry>, String>>,
     },
     /// New hazard policies and FRR access (SIGHUP reload).
     Reconfigure {
@@ -250,6 +281,9 @@ pub struct CoreSettings {
     pub vtysh: Vtysh,
     /// How often FRR's BGP neighbors are read.
     pub frr_poll_interval: Duration,
+    /// Directory of the change journal (`state_dir`); `None` keeps no
+    /// journal (the one-shot audit, which changes nothing).
+    pub journal_dir: Option<PathBuf>,
     /// Where to record metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -324,6 +358,70 @@ enum Input {
     },
 }
 
+/// Vetoed proposals kept for `approve`.
+const MAX_VETOED: usize = 256;
+
+/// The journal record of a change about to be held.
+fn held_record(id: u64, ask: &ChangeAsk, plan: Plan, deadline_ms: u64, on_timeout: OnTimeout) -> Record {
+    let (plan, fields) = match plan {
+        Plan::Delay => ("delay", None),
+        Plan::StageHashFields(f) => ("stage_hash_fields", Some(f)),
+    };
+    Record::Held {
+        change_id: id,
+        intent: ask.intent.clone(),
+        plan: plan.into(),
+        fields,
+        deadline_ms,
+        on_timeout: match on_timeout {
+            OnTimeout::Apply => "apply".into(),
+            OnTimeout::Expire => "expire".into(),
+        },
+        requester: ask.requester.clone(),
+    }
+}
+
+/// Held changes to resume from a replayed journal. A change whose apply
+/// had begun rolls forward: it is held again and judged again before it
+/// applies (every apply replaces or writes a value, so repeating it is
+/// harmless).
+fn resume_pending(r: &crate::journal::Replay, default_timeout: OnTimeout) -> Vec<Pending> {
+    let now = Instant::now();
+    r.resume
+        .iter()
+        .filter_map(|(&id, res)| {
+            let Record::Held { intent, plan, fields, on_timeout, requester, .. } = &res.held else { return None };
+            let plan = match (plan.as_str(), fields) {
+                ("stage_hash_fields", Some(f)) => Plan::StageHashFields(*f),
+                _ => Plan::Delay,
+            };
+            let on_timeout = match on_timeout.as_str() {
+                "apply" => OnTimeout::Apply,
+                "expire" => OnTimeout::Expire,
+                _ => default_timeout,
+            };
+            let state = if res.was_applying {
+                format!(
+                    "resumed after a restart mid-apply ({} step(s) done): judged again before it applies",
+                    res.steps.len()
+                )
+            } else {
+                "resumed after a restart: waiting as before".to_string()
+            };
+            Some(Pending {
+                id,
+                ask: ChangeAsk { intent: intent.clone(), requester: requester.clone() },
+                plan,
+                since: now,
+                deadline: now + res.remaining,
+                on_timeout,
+                applying: false,
+                state,
+            })
+        })
+        .collect()
+}
+
 /// A held change.
 struct Pending {
     id: u64,
@@ -394,6 +492,13 @@ pub struct Core {
     predicting: bool,
     pending: BTreeMap<u64, Pending>,
     next_change_id: u64,
+    /// The change journal (see [`crate::journal`]).
+    journal: Option<Journal>,
+    /// Recently vetoed proposals, which an operator may approve.
+    vetoed: BTreeMap<u64, ChangeAsk>,
+    /// A socket poll has completed: until then an empty flow table means
+    /// "not looked yet", not "no flows" (a change resumed at start waits).
+    sockets_polled: bool,
     missed_last_poll: HashSet<FlowKey>,
     /// Notifications received during a dump, replayed after it.
     replay: Vec<(Vec<Change>, Instant)>,
@@ -420,6 +525,15 @@ pub struct Core {
 /// task. Returns once the monitor socket is open; the first dump runs in
 /// the background and `ready_rx` flips when it completes.
 pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
+    // The journal first: a guard that cannot record its decisions must not
+    // take any.
+    let (journal, replayed) = match &settings.journal_dir {
+        Some(dir) => {
+            let (j, r) = Journal::open(dir).map_err(std::io::Error::other)?;
+            (Some(j), r)
+        }
+        None => (None, crate::journal::Replay::default()),
+    };
     let (mon_tx, mon_rx) = mpsc::channel(MONITOR_QUEUE);
     let stats = Arc::new(monitor::MonitorStats::default());
     monitor::spawn(settings.netlink_rcvbuf, mon_tx, stats.clone())?;
@@ -448,7 +562,8 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         }
     }
     let selftest_state = if settings.selftest.is_some() { "running" } else { "disabled" };
-    let core = Core {
+    let resumed = resume_pending(&replayed, settings.hazards.ecmp_rehash.on_timeout);
+    let mut core = Core {
         model: Model::default(),
         settings,
         stale: true,
@@ -471,7 +586,10 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         selftest_state: selftest_state.into(),
         predicting: false,
         pending: BTreeMap::new(),
-        next_change_id: 1,
+        next_change_id: replayed.max_id + 1,
+        journal,
+        vetoed: BTreeMap::new(),
+        sockets_polled: false,
         missed_last_poll: HashSet::new(),
         replay: Vec::new(),
         restart_dump: false,
@@ -489,6 +607,11 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         hairpin_busy: BTreeSet::new(),
     };
     core.settings.metrics.stale.set(1);
+    for p in resumed {
+        info!(change = p.id, intent = ?p.ask.intent, state = %p.state, "held change resumed from the journal");
+        core.pending.insert(p.id, p);
+    }
+    core.settings.metrics.pending.set(core.pending.len() as i64);
     tokio::spawn(core.run(mon_rx, dump_rx, query_rx, input_rx));
     Ok(CoreHandle { query_tx, events_tx, ready_rx, monitor_stats: stats, findings_rx })
 }
@@ -820,6 +943,19 @@ impl Core {
                     .collect();
                 let _ = reply.send(list);
             }
+            Query::Approve { id, who, reason, reply } => self.approve(id, who, reason, reply),
+            Query::Cancel { id, who, reason, reply } => {
+                let _ = reply.send(self.cancel(id, who, reason));
+            }
+            Query::History { id, reply } => {
+                let r = match &self.journal {
+                    Some(j) => crate::journal::read_entries(j.path())
+                        .map(|v| v.into_iter().filter(|e| id.is_none_or(|id| e.record.change_id() == id)).collect())
+                        .map_err(|e| e.to_string()),
+                    None => Err("this guard keeps no journal".to_string()),
+                };
+                let _ = reply.send(r);
+            }
             Query::Reconfigure { hazards, vtysh, reply } => {
                 if hazards != self.settings.hazards {
                     info!(hazards = ?hazards, "hazard policies reloaded");
@@ -923,6 +1059,7 @@ impl Core {
         match input {
             Input::Change(c) => self.apply_all(vec![c]),
             Input::Tcp(poll) => {
+                self.sockets_polled = true;
                 self.listening = poll.listening;
                 let established = self.debounce_sockets(poll.established);
                 self.apply_all(vec![Change::Sockets(established)]);
@@ -1388,13 +1525,29 @@ impl Core {
             "proposal judged"
         );
         let id = self.next_change_id;
+        self.next_change_id += 1;
+        let record = Record::Decision {
+            change_id: id,
+            intent: ask.intent.clone(),
+            verdict: decision.verdict.kind().to_string(),
+            requester: ask.requester.clone(),
+            reasons: decision.findings.iter().map(|f| f.summary.clone()).collect(),
+        };
+        if let Err(e) = self.journal_append(record) {
+            let message = format!("not applied: {e}");
+            let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome: "failed", message });
+            return;
+        }
         match &decision.verdict {
             Verdict::Veto { .. } => {
-                let _ =
-                    reply.send(ProposeOutcome { decision, change_id: 0, outcome: "vetoed", message: String::new() });
+                self.vetoed.insert(id, ChangeAsk { intent: ask.intent.clone(), requester: ask.requester.clone() });
+                while self.vetoed.len() > MAX_VETOED {
+                    self.vetoed.pop_first();
+                }
+                let message = format!("vetoed; `routeguard approve {id} --reason TEXT` applies it anyway");
+                let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome: "vetoed", message });
             }
             Verdict::Allow => {
-                self.next_change_id += 1;
                 if let Intent::LinkHairpin { dev, .. } = &ask.intent {
                     // The apply manages the filter itself.
                     self.hairpin_busy.insert(dev.clone());
@@ -1402,19 +1555,16 @@ impl Core {
                 self.spawn_apply(id, ask.intent.clone(), None, Some((reply, decision)));
             }
             Verdict::Stage { plan: Staging::ReflectionFilter(port), .. } => {
-                self.next_change_id += 1;
                 self.hairpin_busy.insert(port.clone());
                 let staging = Some(Staging::ReflectionFilter(port.clone()));
                 self.spawn_apply(id, ask.intent.clone(), staging, Some((reply, decision)));
             }
             Verdict::Stage { plan: Staging::DisableForwardingOn(ifaces), .. } => {
                 // Nothing to wait for: the plan runs at once.
-                self.next_change_id += 1;
                 let staging = Some(Staging::DisableForwardingOn(ifaces.clone()));
                 self.spawn_apply(id, ask.intent.clone(), staging, Some((reply, decision)));
             }
             Verdict::Delay { .. } | Verdict::Stage { .. } => {
-                self.next_change_id += 1;
                 let plan = match &decision.verdict {
                     Verdict::Stage { plan: Staging::HashFields(fields), .. } => Plan::StageHashFields(*fields),
                     _ => Plan::Delay,
@@ -1428,6 +1578,14 @@ impl Core {
                     Plan::StageHashFields(_) => "waiting until no local flow rides an IPv6 multipath route".to_string(),
                 };
                 let now = Instant::now();
+                let on_timeout = self.settings.hazards.ecmp_rehash.on_timeout;
+                let held =
+                    held_record(id, &ask, plan, crate::journal::now_ms() + max_wait.as_millis() as u64, on_timeout);
+                if let Err(e) = self.journal_append(held) {
+                    let message = format!("not held: {e}");
+                    let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome: "failed", message });
+                    return;
+                }
                 self.pending.insert(
                     id,
                     Pending {
@@ -1436,7 +1594,7 @@ impl Core {
                         plan,
                         since: now,
                         deadline: now + max_wait,
-                        on_timeout: self.settings.hazards.ecmp_rehash.on_timeout,
+                        on_timeout,
                         applying: false,
                         state: state.clone(),
                     },
@@ -1457,12 +1615,15 @@ impl Core {
             if p.applying {
                 continue;
             }
-            let ready = match p.plan {
-                Plan::Delay => {
-                    !self.stale && !self.predicting_unknown() && self.decide(&p.ask.intent).verdict == Verdict::Allow
-                }
-                Plan::StageHashFields(_) => !self.stale && !self.flows.iter().any(|f| f.is_v6()),
-            };
+            let ready = self.sockets_polled
+                && match p.plan {
+                    Plan::Delay => {
+                        !self.stale
+                            && !self.predicting_unknown()
+                            && self.decide(&p.ask.intent).verdict == Verdict::Allow
+                    }
+                    Plan::StageHashFields(_) => !self.stale && !self.flows.iter().any(|f| f.is_v6()),
+                };
             let timed_out = now >= p.deadline;
             if ready || (timed_out && p.on_timeout == OnTimeout::Apply) {
                 let intent = p.ask.intent.clone();
@@ -1470,6 +1631,10 @@ impl Core {
                     Plan::StageHashFields(fields) => Some(Staging::HashFields(fields)),
                     Plan::Delay => None,
                 };
+                if let Err(e) = self.journal_release(id, !ready, pre.as_ref()) {
+                    warn!(change = id, error = %e, "held change not released: the journal cannot be written");
+                    continue;
+                }
                 if let Some(p) = self.pending.get_mut(&id) {
                     p.applying = true;
                     p.state = if ready { "applying".into() } else { "max_delay passed: applying anyway".into() };
@@ -1478,6 +1643,14 @@ impl Core {
                 self.spawn_apply(id, intent, pre, None);
             } else if timed_out {
                 warn!(change = id, "held change expired after max_delay; nothing applied");
+                let done = Record::Done {
+                    change_id: id,
+                    outcome: "expired".into(),
+                    message: "max_delay passed; nothing applied".into(),
+                };
+                if let Err(e) = self.journal_append(done) {
+                    warn!(change = id, error = %e, "expiry not journaled; it will be judged again after a restart");
+                }
                 self.pending.remove(&id);
             }
         }
@@ -1516,7 +1689,118 @@ impl Core {
         });
     }
 
+    /// Appends to the journal (a no-op without one).
+    fn journal_append(&mut self, record: Record) -> Result<(), crate::journal::JournalError> {
+        match &mut self.journal {
+            Some(j) => j.append(record).inspect_err(|e| error!(error = %e, "journal write failed")),
+            None => Ok(()),
+        }
+    }
+
+    /// Journals that held change `id` starts applying, and its staged
+    /// step, before either is taken.
+    fn journal_release(
+        &mut self,
+        id: u64,
+        forced: bool,
+        staging: Option<&Staging>,
+    ) -> Result<(), crate::journal::JournalError> {
+        self.journal_append(Record::Applying { change_id: id, forced })?;
+        if let Some(Staging::HashFields(fields)) = staging {
+            let step = format!("net.ipv6.fib_multipath_hash_fields={fields} net.ipv6.fib_multipath_hash_policy=3");
+            self.journal_append(Record::Step { change_id: id, step })?;
+        }
+        Ok(())
+    }
+
+    /// Applies held or vetoed change `id` now, despite its findings.
+    fn approve(
+        &mut self,
+        id: u64,
+        who: String,
+        reason: String,
+        reply: oneshot::Sender<Result<ProposeOutcome, String>>,
+    ) {
+        if reason.trim().is_empty() {
+            let _ = reply.send(Err("an approval needs a reason (--reason TEXT): it is audit-logged".into()));
+            return;
+        }
+        let (intent, pre) = if let Some(p) = self.pending.get(&id) {
+            if p.applying {
+                let _ = reply.send(Err(format!("change {id} is already applying")));
+                return;
+            }
+            let pre = match p.plan {
+                Plan::StageHashFields(f) => Some(Staging::HashFields(f)),
+                Plan::Delay => None,
+            };
+            (p.ask.intent.clone(), pre)
+        } else if let Some(ask) = self.vetoed.get(&id) {
+            (ask.intent.clone(), None)
+        } else {
+            let _ = reply.send(Err(format!(
+                "no held or recently vetoed change {id} (see `routeguard pending` and `routeguard history`)"
+            )));
+            return;
+        };
+        let approval = Record::Approve { change_id: id, who: who.clone(), reason: reason.clone() };
+        if let Err(e) = self.journal_append(approval).and_then(|_| self.journal_release(id, true, pre.as_ref())) {
+            let _ = reply.send(Err(format!("not approved: {e}")));
+            return;
+        }
+        warn!(change = id, who = %who, reason = %reason, intent = ?intent, "change approved despite its findings");
+        self.vetoed.remove(&id);
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.applying = true;
+            p.state = format!("approved by {who}: applying");
+        } else {
+            // A vetoed change is applied like a held one: its outcome ends
+            // up in the journal through finish_change.
+            self.pending.insert(
+                id,
+                Pending {
+                    id,
+                    ask: ChangeAsk { intent: intent.clone(), requester: who.clone() },
+                    plan: Plan::Delay,
+                    since: Instant::now(),
+                    deadline: Instant::now(),
+                    on_timeout: OnTimeout::Expire,
+                    applying: true,
+                    state: format!("approved by {who}: applying"),
+                },
+            );
+        }
+        let (tx, rx) = oneshot::channel();
+        self.spawn_apply(id, intent, pre, Some((tx, Decision::approved())));
+        tokio::spawn(async move {
+            let _ = reply.send(rx.await.map_err(|_| "the guard stopped while applying".to_string()));
+        });
+    }
+
+    /// Drops held change `id`.
+    fn cancel(&mut self, id: u64, who: String, reason: String) -> Result<String, String> {
+        let Some(p) = self.pending.get(&id) else {
+            return Err(format!("no held change {id} (see `routeguard pending`)"));
+        };
+        if p.applying {
+            return Err(format!("change {id} is already applying"));
+        }
+        self.journal_append(Record::Cancel { change_id: id, who: who.clone(), reason: reason.clone() })
+            .map_err(|e| format!("not cancelled: {e}"))?;
+        let p = self.pending.remove(&id).expect("checked above");
+        self.settings.metrics.pending.set(self.pending.len() as i64);
+        info!(change = id, who = %who, reason = %reason, intent = ?p.ask.intent, "held change cancelled");
+        Ok(format!("change {id} cancelled; nothing applied"))
+    }
+
     fn finish_change(&mut self, id: u64, result: Result<String, String>) {
+        let done = match &result {
+            Ok(m) => Record::Done { change_id: id, outcome: "applied".into(), message: m.clone() },
+            Err(e) => Record::Done { change_id: id, outcome: "failed".into(), message: e.clone() },
+        };
+        if let Err(e) = self.journal_append(done) {
+            warn!(change = id, error = %e, "outcome not journaled");
+        }
         // Stages and hairpin changes touch the filters: re-read them.
         self.hairpin_busy.clear();
         self.spawn_hairpin_filter_read();
@@ -1556,6 +1840,11 @@ async fn apply_intent(
         notes.push(format!(
             "net.ipv6.fib_multipath_hash_policy {prev_p} -> 3, fib_multipath_hash_fields {prev_f} -> {fields:#06x}"
         ));
+        // Fault injection for the restart-safety tests (kill -9 between a
+        // stage's first step and the change): not a configuration key.
+        if let Some(ms) = std::env::var("RG_TEST_PAUSE_AFTER_STEP_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
     }
     match intent {
         Intent::RouteReplace(spec) => {

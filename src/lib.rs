@@ -13,6 +13,7 @@ pub mod config;
 pub mod core;
 pub mod frr;
 pub mod hazards;
+pub mod journal;
 pub mod kernel;
 pub mod metrics;
 pub mod model;

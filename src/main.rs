@@ -141,6 +141,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply a held or vetoed change now, despite its findings
+    /// (audit-logged with who and why).
+    Approve {
+        /// The change id (from propose, pending or history).
+        id: u64,
+        /// Why: required, recorded in the journal and the log.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop a held change (audit-logged).
+    Cancel {
+        /// The change id.
+        id: u64,
+        /// Why (recorded).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The change journal: decisions, approvals, cancels and outcomes.
+    History {
+        /// Only this change.
+        #[arg(long)]
+        id: Option<u64>,
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// One-shot audit, no daemon needed: dump the kernel (and FRR if
     /// reachable), run the self-test and every detector, print the
     /// findings with evidence and fixes. Exit status: 0 when nothing is at
@@ -222,8 +260,7 @@ impl ChangeArgs {
                 "give --route-replace, --sysctl, --frr-cli, --link, --address-add, --tunnel or --local-route"
             );
         };
-        let requester = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default();
-        Ok(pb::ChangeRequest { intent: Some(intent), requester })
+        Ok(pb::ChangeRequest { intent: Some(intent), requester: requester() })
     }
 }
 
@@ -257,6 +294,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Evaluate { change, socket, json } => change_cmd(socket.socket, change, json, false).await,
         Command::Propose { change, socket, json } => change_cmd(socket.socket, change, json, true).await,
         Command::Pending { socket, json } => pending(socket.socket, json).await,
+        Command::Approve { id, reason, socket, json } => approve(socket.socket, id, reason, json).await,
+        Command::Cancel { id, reason, socket, json } => cancel(socket.socket, id, reason, json).await,
+        Command::History { id, socket, json } => history(socket.socket, id, json).await,
         Command::Peers { socket, json } => peers(socket.socket, json).await,
         Command::Audit { fail_on, config, json } => audit(config, &fail_on, json).await,
         Command::DebugDigest => debug_digest().await,
@@ -276,8 +316,9 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-fn core_settings(cfg: &Config, selftest_cache: PathBuf) -> CoreSettings {
+fn core_settings(cfg: &Config, selftest_cache: PathBuf, journal_dir: Option<PathBuf>) -> CoreSettings {
     CoreSettings {
+        journal_dir,
         netlink_rcvbuf: cfg.kernel.netlink_rcvbuf,
         sock_poll_interval: cfg.kernel.sock_poll_interval,
         sysctl_poll_interval: cfg.kernel.sysctl_poll_interval,
@@ -314,9 +355,9 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
     let listener = routeguard::api::server::bind_unix(&cfg.socket).await?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state_dir {}", cfg.state_dir.display()))?;
-    let settings = core_settings(&cfg, cfg.state_dir.join("selftest.json"));
+    let settings = core_settings(&cfg, cfg.state_dir.join("selftest.json"), Some(cfg.state_dir.clone()));
     let metrics = settings.metrics.clone();
-    let core = core::start(settings).context("cannot open the netlink monitor")?;
+    let core = core::start(settings).context("cannot start (netlink monitor or change journal)")?;
 
     // One shutdown signal for every server.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -409,7 +450,7 @@ async fn handle_signals(
                                 tracing::warn!("SIGHUP: socket, state_dir, [kernel], [api], [metrics] and logging changes take effect after a restart");
                             }
                         }
-                        let vtysh = core_settings(&new, PathBuf::new()).vtysh;
+                        let vtysh = core_settings(&new, PathBuf::new(), None).vtysh;
                         let applied = core.ask(|reply| core::Query::Reconfigure { hazards: new.hazards.clone(), vtysh, reply }).await;
                         if applied.is_ok() {
                             tracing::info!("SIGHUP: configuration reloaded");
@@ -650,6 +691,64 @@ async fn change_cmd(socket: PathBuf, change: ChangeArgs, as_json: bool, propose:
     let req = change.to_request()?;
     let mut c = routeguard::client::connect(&socket).await?;
     let d = if propose { c.propose(req).await } else { c.evaluate(req).await }.map_err(status_err)?.into_inner();
+    Ok(print_decision(&d, as_json))
+}
+
+fn requester() -> String {
+    std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default()
+}
+
+async fn approve(socket: PathBuf, id: u64, reason: String, as_json: bool) -> anyhow::Result<ExitCode> {
+    if reason.trim().is_empty() {
+        anyhow::bail!("--reason must not be empty: approvals are audit-logged");
+    }
+    let mut c = routeguard::client::connect(&socket).await?;
+    let req = pb::ApproveRequest { change_id: id, reason, requester: requester() };
+    let d = c.approve(req).await.map_err(status_err)?.into_inner();
+    Ok(print_decision(&d, as_json))
+}
+
+async fn cancel(socket: PathBuf, id: u64, reason: String, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut c = routeguard::client::connect(&socket).await?;
+    let req = pb::CancelRequest { change_id: id, reason, requester: requester() };
+    let r = c.cancel(req).await.map_err(status_err)?.into_inner();
+    if as_json {
+        println!("{}", json!({"change_id": id, "message": r.message}));
+    } else {
+        println!("{}", r.message);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn history(socket: PathBuf, id: Option<u64>, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut c = routeguard::client::connect(&socket).await?;
+    let r =
+        c.list_history(pb::ListHistoryRequest { change_id: id.unwrap_or(0) }).await.map_err(status_err)?.into_inner();
+    if as_json {
+        let list: Vec<serde_json::Value> =
+            r.entries.iter().map(|e| serde_json::from_str(&e.json).unwrap_or(json!(e.json))).collect();
+        println!("{}", json!({"history": list}));
+    } else if r.entries.is_empty() {
+        println!("no history");
+    } else {
+        for e in &r.entries {
+            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
+            let detail = match e.r#type.as_str() {
+                "decision" => format!("{} by {}: {}", v["verdict"], v["requester"], v["intent"]),
+                "approve" | "cancel" => format!("by {}: {}", v["who"], v["reason"]),
+                "done" => format!("{}: {}", v["outcome"], v["message"]),
+                "held" => format!("{} until {} ms", v["plan"], v["deadline_ms"]),
+                _ => v.to_string(),
+            };
+            println!("{} change {} {}: {}", e.at_ms, e.change_id, e.r#type, detail.replace('"', ""));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a decision (evaluate, propose, approve); the exit status is 1
+/// for a veto or a failed apply.
+fn print_decision(d: &pb::Decision, as_json: bool) -> ExitCode {
     let failed = d.verdict == "veto" || d.outcome == "failed";
     if as_json {
         println!(
@@ -685,7 +784,11 @@ async fn change_cmd(socket: PathBuf, change: ChangeArgs, as_json: bool, propose:
         }
         d.findings.iter().for_each(print_finding);
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 async fn pending(socket: PathBuf, as_json: bool) -> anyhow::Result<ExitCode> {
@@ -759,7 +862,9 @@ async fn audit(config: Option<PathBuf>, fail_on: &str, as_json: bool) -> anyhow:
     cfg.hazards.subnet_anycast.remediate = false;
     cfg.hazards.hairpin_dad.remediate = false;
     let cache_dir = tempfile_dir()?;
-    let core = core::start(core_settings(&cfg, cache_dir.join("selftest.json"))).context("cannot open netlink")?;
+    // No journal: the audit decides and changes nothing.
+    let core =
+        core::start(core_settings(&cfg, cache_dir.join("selftest.json"), None)).context("cannot open netlink")?;
     let mut ready = core.ready_rx.clone();
     tokio::time::timeout(std::time::Duration::from_secs(120), ready.wait_for(|r| *r))
         .await

@@ -110,6 +110,9 @@ pub struct Daemon {
     pub log: PathBuf,
     child: Child,
     dir: tempfile::TempDir,
+    ns: String,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -124,20 +127,50 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("rg.sock");
         let log = dir.path().join("daemon.log");
-        let logf = std::fs::File::create(&log).expect("log file");
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = Self::spawn(&ns.name, &socket, &log, dir.path(), &env, &args);
+        let d = Daemon { socket, log, child, dir, ns: ns.name.clone(), env, args };
+        d.wait_ready(slow(Duration::from_secs(20)));
+        d
+    }
+
+    fn spawn(ns: &str, socket: &Path, log: &Path, dir: &Path, env: &[(String, String)], args: &[String]) -> Child {
+        // Appends: a restarted daemon's log follows the first one's.
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name, bin(), "run", "--socket"]).arg(&socket).args(args);
-        cmd.env("ROUTEGUARD_STATE_DIR", dir.path().join("state"));
+        cmd.args(["netns", "exec", ns, bin(), "run", "--socket"]).arg(socket).args(args);
+        cmd.env("ROUTEGUARD_STATE_DIR", dir.join("state"));
         // Labs that need the kernel self-test turn it on explicitly.
         cmd.env("ROUTEGUARD_SELFTEST__ON_START", "false");
         for (k, v) in env {
             cmd.env(k, v);
         }
         cmd.stdout(logf.try_clone().expect("dup")).stderr(logf);
-        let child = cmd.spawn().expect("spawn daemon");
-        let d = Daemon { socket, log, child, dir };
-        d.wait_ready(slow(Duration::from_secs(20)));
-        d
+        cmd.spawn().expect("spawn daemon")
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) and waits up to `grace` for the
+    /// daemon to exit; returns its exit status, or `None` if it did not.
+    pub fn stop(&mut self, signal: &str, grace: Duration) -> Option<std::process::ExitStatus> {
+        run_ok("kill", &[&format!("-{signal}"), &self.child.id().to_string()]);
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Starts the daemon again with the same settings and state directory
+    /// (after [`Daemon::stop`]) and waits until it is ready.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.ns, &self.socket, &self.log, self.dir.path(), &self.env, &self.args);
+        self.wait_ready(slow(Duration::from_secs(20)));
     }
 
     fn wait_ready(&self, timeout: Duration) {

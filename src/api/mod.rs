@@ -24,15 +24,23 @@ use crate::proto::guard as pb;
 /// Who sent a change: the request's `requester` when set, else the unix
 /// peer's uid (recorded in the audit log with every verdict).
 fn requester_of(req: &Request<pb::ChangeRequest>) -> String {
-    let named = req.get_ref().requester.trim();
-    if !named.is_empty() {
-        return named.to_string();
-    }
-    req.extensions()
+    who(req, &req.get_ref().requester)
+}
+
+/// `named` when set, else the unix peer's uid; a named requester also
+/// carries the uid, which the client cannot choose.
+fn who<T>(req: &Request<T>, named: &str) -> String {
+    let uid = req
+        .extensions()
         .get::<tonic::transport::server::UdsConnectInfo>()
         .and_then(|i| i.peer_cred)
-        .map(|c| format!("uid {}", c.uid()))
-        .unwrap_or_else(|| "unknown".into())
+        .map(|c| format!("uid {}", c.uid()));
+    match (named.trim(), uid) {
+        ("", Some(uid)) => uid,
+        ("", None) => "unknown".into(),
+        (n, Some(uid)) if !n.ends_with(&format!("({uid})")) => format!("{n} ({uid})"),
+        (n, _) => n.to_string(),
+    }
 }
 
 /// Most objects one `Show` call returns when the request sets no limit.
@@ -364,6 +372,57 @@ impl pb::guard_server::Guard for GuardService {
                     state: p.state,
                     age_seconds: p.age_seconds,
                     deadline_seconds: p.deadline_seconds,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn approve(&self, req: Request<pb::ApproveRequest>) -> Result<Response<pb::Decision>, Status> {
+        let who = who(&req, &req.get_ref().requester);
+        let (id, reason) = (req.get_ref().change_id, req.get_ref().reason.clone());
+        if reason.trim().is_empty() {
+            return Err(Status::invalid_argument("an approval needs a reason: it is audit-logged"));
+        }
+        if reason.len() > 4096 {
+            return Err(Status::invalid_argument("reason longer than 4096 bytes"));
+        }
+        let o =
+            self.ask(|reply| Query::Approve { id, who, reason, reply }).await?.map_err(Status::failed_precondition)?;
+        let mut d = decision_to_pb(&o.decision);
+        d.change_id = o.change_id;
+        d.outcome = o.outcome.into();
+        d.message = o.message;
+        Ok(Response::new(d))
+    }
+
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let who = who(&req, &req.get_ref().requester);
+        let (id, reason) = (req.get_ref().change_id, req.get_ref().reason.clone());
+        if reason.len() > 4096 {
+            return Err(Status::invalid_argument("reason longer than 4096 bytes"));
+        }
+        let message =
+            self.ask(|reply| Query::Cancel { id, who, reason, reply }).await?.map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::CancelResponse { message }))
+    }
+
+    async fn list_history(
+        &self,
+        req: Request<pb::ListHistoryRequest>,
+    ) -> Result<Response<pb::ListHistoryResponse>, Status> {
+        let id = Some(req.get_ref().change_id).filter(|&i| i != 0);
+        let entries = self.ask(|reply| Query::History { id, reply }).await?.map_err(Status::unavailable)?;
+        Ok(Response::new(pb::ListHistoryResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| {
+                    let json = serde_json::to_value(&e).unwrap_or_default();
+                    pb::HistoryEntry {
+                        at_ms: e.at_ms,
+                        r#type: json["type"].as_str().unwrap_or_default().to_string(),
+                        change_id: e.record.change_id(),
+                        json: json.to_string(),
+                    }
                 })
                 .collect(),
         }))

@@ -280,6 +280,13 @@ pub struct Decision {
     pub findings: Vec<Finding>,
 }
 
+impl Decision {
+    /// What an operator's approval amounts to: apply, whatever was found.
+    pub fn approved() -> Decision {
+        Decision { verdict: Verdict::Allow, would_be: None, findings: Vec::new() }
+    }
+}
+
 fn rank(a: Action) -> u8 {
     match a {
         Action::Delay => 0,
