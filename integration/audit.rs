@@ -79,6 +79,24 @@ fn established_flows_over_an_affected_multipath_route_are_reported() {
 }
 
 #[test]
+fn a_hairpin_bridge_port_is_reported_and_left_alone() {
+    let ns = Netns::new("audh");
+    ns.ip(&["link", "add", "rgbr0", "type", "bridge"]);
+    ns.ip(&["link", "set", "rgbr0", "up"]);
+    ns.ip(&["link", "add", "vnet0", "type", "veth", "peer", "name", "rgB"]);
+    ns.ip(&["link", "set", "vnet0", "master", "rgbr0", "up"]);
+    ns.exec(&["bridge", "link", "set", "dev", "vnet0", "hairpin", "on"]);
+    let (code, v) = audit(&ns, &[]);
+    assert_eq!(code, 1, "{v}");
+    let f: Vec<&Value> = v["findings"].as_array().unwrap().iter().filter(|f| f["hazard"] == "hairpin_dad").collect();
+    assert_eq!(f.len(), 1, "{v}");
+    assert!(f[0]["evidence"].to_string().contains("vnet0"), "{v}");
+    // Reported, not remediated: no reflection filter was installed.
+    let t = ns.exec_output(&["nft", "list", "tables"]);
+    assert!(!String::from_utf8_lossy(&t.stdout).contains("routeguard"), "the audit installed a filter");
+}
+
+#[test]
 fn a_bad_config_means_the_audit_could_not_run() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
