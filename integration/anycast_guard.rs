@@ -151,3 +151,40 @@ fn a_peer_at_two_is_never_flagged() {
     assert!(findings(&d).is_empty());
     assert!(lab.reset_and_wait(RESET_WITHIN).is_some());
 }
+
+#[test]
+fn a_whole_frr_config_is_judged_by_its_difference_then_applied() {
+    let lab = BgpLab::new("saG", true);
+    let d = guard(&lab, &[]);
+    // `show running-config` minus vtysh's banner: a valid frr.conf.
+    let running: String = lab
+        .vm_vtysh("show running-config")
+        .lines()
+        .filter(|l| !l.starts_with("Building configuration") && !l.starts_with("Current configuration"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    // The running configuration plus `ipv6 forwarding`: captures the peer.
+    let risky = dir.path().join("risky.conf");
+    std::fs::write(&risky, format!("{running}\nipv6 forwarding\n")).unwrap();
+    let o = d.cli(&["propose", "--frr-config", risky.to_str().unwrap()], true);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    assert_eq!((v["verdict"].as_str(), o.status.code()), (Some("veto"), Some(1)), "{v}");
+    assert_eq!(sysctl(&lab, "net.ipv6.conf.all.forwarding"), "0");
+    // Evaluate shows the difference it judged.
+    let o = d.cli(&["evaluate", "--frr-config", risky.to_str().unwrap()], true);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["message"].as_str().unwrap().contains("ipv6 forwarding"), "{v}");
+    // A harmless difference is applied through FRR's own reload.
+    let fine = dir.path().join("fine.conf");
+    std::fs::write(&fine, format!("{running}\nip prefix-list routeguard-test seq 5 permit 192.0.2.0/24\n")).unwrap();
+    let v = d.json(&["propose", "--frr-config", fine.to_str().unwrap()]);
+    assert_eq!((v["verdict"].as_str(), v["outcome"].as_str()), (Some("allow"), Some("applied")), "{v}");
+    assert!(lab.vm_vtysh("show running-config").contains("ip prefix-list routeguard-test seq 5 permit 192.0.2.0/24"));
+    // The session is untouched.
+    assert_eq!(lab.state(), "Established");
+    // A file that does not exist: a clear error naming it.
+    let o = d.cli(&["evaluate", "--frr-config", "/nonexistent/frr.conf"], true);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/frr.conf"), "{o:?}");
+}

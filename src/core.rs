@@ -93,6 +93,11 @@ pub enum Query {
         /// Reply, sent once the change was applied, held or refused.
         reply: oneshot::Sender<ProposeOutcome>,
     },
+    /// How the guard reaches vtysh (for diffing a whole FRR configuration).
+    FrrAccess {
+        /// Reply.
+        reply: oneshot::Sender<Vtysh>,
+    },
     /// Held changes.
     Pending {
         /// Reply.
@@ -944,6 +949,9 @@ impl Core {
                 let _ = reply.send(list);
             }
             Query::Approve { id, who, reason, reply } => self.approve(id, who, reason, reply),
+            Query::FrrAccess { reply } => {
+                let _ = reply.send(self.settings.vtysh.clone());
+            }
             Query::Cancel { id, who, reason, reply } => {
                 let _ = reply.send(self.cancel(id, who, reason));
             }
@@ -1864,6 +1872,10 @@ async fn apply_intent(
             let names = writer::link_names().await.map_err(|e| e.to_string())?;
             writer::address_add(*address, dev, &names).await.map_err(|e| e.to_string())?;
             notes.push(format!("address {address} added on {dev}"));
+        }
+        Intent::FrrConfig { text, diff } => {
+            crate::frr::reload::apply(vtysh, text).await.map_err(|e| format!("FRR configuration not applied: {e}"))?;
+            notes.push(format!("FRR configuration applied ({} change(s))", diff.len()));
         }
         Intent::Tunnel { name, kind, remote, local } => {
             let names = writer::link_names().await.map_err(|e| e.to_string())?;

@@ -227,6 +227,10 @@ struct ChangeArgs {
     /// A local route to add to table local: 'PREFIX dev IF'
     #[arg(long, value_name = "PREFIX dev IF")]
     local_route: Option<String>,
+    /// A whole desired frr.conf: its difference from FRR's running
+    /// configuration is judged, then applied (FRR's frr-reload.py)
+    #[arg(long, value_name = "FILE")]
+    frr_config: Option<PathBuf>,
 }
 
 impl ChangeArgs {
@@ -255,9 +259,19 @@ impl ChangeArgs {
         } else if let Some(r) = &self.local_route {
             routeguard::policy::intent::parse_local_route(r)?;
             I::LocalRoute(r.clone())
+        } else if let Some(f) = &self.frr_config {
+            let text = std::fs::read_to_string(f).with_context(|| format!("--frr-config {}", f.display()))?;
+            if text.len() > routeguard::frr::reload::MAX_CONFIG {
+                anyhow::bail!(
+                    "--frr-config {}: larger than {} bytes",
+                    f.display(),
+                    routeguard::frr::reload::MAX_CONFIG
+                );
+            }
+            I::FrrConfig(text)
         } else {
             anyhow::bail!(
-                "give --route-replace, --sysctl, --frr-cli, --link, --address-add, --tunnel or --local-route"
+                "give --route-replace, --sysctl, --frr-cli, --link, --address-add, --tunnel, --local-route or --frr-config"
             );
         };
         Ok(pb::ChangeRequest { intent: Some(intent), requester: requester() })

@@ -152,6 +152,13 @@ impl BgpLab {
         eprintln!("bgp_lab {}: FRR started in {started:.1?}, Established {up:.1?} later", self.vm.name);
     }
 
+    /// Runs one vtysh command in VM and returns its output.
+    pub fn vm_vtysh(&self, command: &str) -> String {
+        let o = Command::new(frr_ns()).args(["vtysh", &self.vm.name, "-c", command]).output().expect("run vtysh");
+        assert!(o.status.success(), "vtysh -c '{command}': {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     /// VM's neighbor entry for the peer from `show bgp neighbors PEER json`,
     /// or None when vtysh fails or bgpd does not know the peer (yet).
     pub fn neighbor(&self) -> Option<Neighbor> {

@@ -62,6 +62,27 @@ impl GuardService {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Status> {
         self.core.ask(make).await.map_err(|e| Status::unavailable(e.to_string()))
     }
+
+    /// The request's intent; a whole FRR configuration is first diffed
+    /// against FRR's running one (which needs FRR).
+    async fn intent_for(&self, req: &pb::ChangeRequest) -> Result<Intent, Status> {
+        let Some(pb::change_request::Intent::FrrConfig(text)) = &req.intent else { return intent_of(req) };
+        if text.len() > crate::frr::reload::MAX_CONFIG {
+            return Err(Status::invalid_argument(format!(
+                "--frr-config: {} bytes; at most {} are accepted",
+                text.len(),
+                crate::frr::reload::MAX_CONFIG
+            )));
+        }
+        if text.trim().is_empty() {
+            return Err(Status::invalid_argument("--frr-config: the configuration is empty"));
+        }
+        let vtysh = self.ask(|reply| Query::FrrAccess { reply }).await?;
+        let diff = crate::frr::reload::diff(&vtysh, text)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot diff against FRR's running configuration: {e}")))?;
+        Ok(Intent::FrrConfig { text: text.clone(), diff })
+    }
 }
 
 fn lookup_to_pb(r: LookupResult) -> pb::LookupResponse {
@@ -177,6 +198,15 @@ fn decision_to_pb(d: &Decision) -> pb::Decision {
     out
 }
 
+/// For a whole FRR configuration: the difference that is judged.
+fn frr_diff_message(intent: &Intent) -> String {
+    match intent {
+        Intent::FrrConfig { diff, .. } if diff.is_empty() => "no difference from FRR's running configuration".into(),
+        Intent::FrrConfig { diff, .. } => format!("difference from FRR's running configuration:\n{}", diff.join("\n")),
+        _ => String::new(),
+    }
+}
+
 /// Parses the intent of a change request, naming the bad input.
 pub fn intent_of(req: &pb::ChangeRequest) -> Result<Intent, Status> {
     use pb::change_request::Intent as I;
@@ -188,6 +218,9 @@ pub fn intent_of(req: &pb::ChangeRequest) -> Result<Intent, Status> {
         Some(I::AddressAdd(s)) => parse_address_add(s),
         Some(I::Tunnel(s)) => parse_tunnel(s),
         Some(I::LocalRoute(s)) => parse_local_route(s),
+        Some(I::FrrConfig(_)) => {
+            return Err(Status::invalid_argument("frr_config is diffed against FRR first (GuardService::intent_for)"))
+        }
         None => {
             return Err(Status::invalid_argument(
                 "no change given: set one of route_replace, sysctl, frr_cli, link, address_add, tunnel, local_route",
@@ -341,14 +374,17 @@ impl pb::guard_server::Guard for GuardService {
     }
 
     async fn evaluate(&self, req: Request<pb::ChangeRequest>) -> Result<Response<pb::Decision>, Status> {
-        let intent = intent_of(req.get_ref())?;
+        let intent = self.intent_for(req.get_ref()).await?;
+        let diff = frr_diff_message(&intent);
         let d = self.ask(|reply| Query::Evaluate { intent, reply }).await?;
-        Ok(Response::new(decision_to_pb(&d)))
+        let mut d = decision_to_pb(&d);
+        d.message = diff;
+        Ok(Response::new(d))
     }
 
     async fn propose(&self, req: Request<pb::ChangeRequest>) -> Result<Response<pb::Decision>, Status> {
         let requester = requester_of(&req);
-        let intent = intent_of(req.get_ref())?;
+        let intent = self.intent_for(req.get_ref()).await?;
         let o = self.ask(|reply| Query::Propose { ask: ChangeAsk { intent, requester }, reply }).await?;
         let mut d = decision_to_pb(&o.decision);
         d.change_id = o.change_id;

@@ -2,4 +2,5 @@
 //! they come from vtysh (`show bgp vrf all neighbors json`); every call has
 //! a timeout, and FRR being down is a state, never a crash.
 
+pub mod reload;
 pub mod vtysh;

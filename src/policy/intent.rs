@@ -54,6 +54,15 @@ pub enum Intent {
         /// Local end, when given.
         local: Option<IpAddr>,
     },
+    /// A whole desired FRR configuration: what `frr-reload.py` would change.
+    FrrConfig {
+        /// The file's text.
+        text: String,
+        /// The difference from the running configuration, as commands
+        /// (deletions as `no ...`, then additions; a command in a context
+        /// carries its context lines).
+        diff: Vec<String>,
+    },
     /// `ip route add local PREFIX dev IF table local`: makes every address
     /// in PREFIX local to this node.
     LocalRoute {
@@ -72,19 +81,9 @@ impl Intent {
     pub fn effective_sysctls(&self) -> Vec<(String, String)> {
         match self {
             Intent::Sysctl { key, value } => vec![(key.clone(), value.clone())],
-            Intent::FrrCli { line } => {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let (no, rest) = match words.split_first() {
-                    Some((&"no", rest)) => (true, rest),
-                    _ => (false, &words[..]),
-                };
-                let fam = match rest {
-                    ["ipv6", "forwarding"] => "ipv6",
-                    ["ip", "forwarding"] => "ipv4",
-                    _ => return Vec::new(),
-                };
-                vec![(format!("net.{fam}.conf.all.forwarding"), if no { "0" } else { "1" }.to_string())]
-            }
+            Intent::FrrCli { line } => frr_line_sysctl(line).into_iter().collect(),
+            // Top-level commands only: forwarding is not set inside a context.
+            Intent::FrrConfig { diff, .. } => diff.iter().filter_map(|c| frr_line_sysctl(c)).collect(),
             Intent::RouteReplace(_)
             | Intent::LinkHairpin { .. }
             | Intent::AddressAdd { .. }
@@ -92,6 +91,22 @@ impl Intent {
             | Intent::LocalRoute { .. } => Vec::new(),
         }
     }
+}
+
+/// The sysctl a top-level FRR command sets: zebra's `[no] ip[v6]
+/// forwarding` write `net.ipv{4,6}.conf.all.forwarding`.
+fn frr_line_sysctl(line: &str) -> Option<(String, String)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (no, rest) = match words.split_first() {
+        Some((&"no", rest)) => (true, rest),
+        _ => (false, &words[..]),
+    };
+    let fam = match rest {
+        ["ipv6", "forwarding"] => "ipv6",
+        ["ip", "forwarding"] => "ipv4",
+        _ => return None,
+    };
+    Some((format!("net.{fam}.conf.all.forwarding"), if no { "0" } else { "1" }.to_string()))
 }
 
 /// Parses `IF hairpin on|off` for `--link`.
@@ -396,6 +411,25 @@ mod tests {
         assert!(e("t type sit remote 0.0.0.0").contains("cannot be a tunnel's remote"));
         assert!(e("averyveryverylongname type sit remote 10.0.0.1").contains("not an interface name"));
         assert_eq!(parse_tunnel("t type sit remote 10.0.0.1").unwrap().effective_sysctls(), vec![]);
+    }
+
+    #[test]
+    fn a_frr_config_sets_what_its_top_level_lines_set() {
+        let i = Intent::FrrConfig {
+            text: String::new(),
+            diff: vec![
+                "no ip forwarding".into(),
+                "router bgp 1\n bgp router-id 1.1.1.1".into(),
+                "ipv6 forwarding".into(),
+            ],
+        };
+        assert_eq!(
+            i.effective_sysctls(),
+            vec![
+                ("net.ipv4.conf.all.forwarding".to_string(), "0".to_string()),
+                ("net.ipv6.conf.all.forwarding".to_string(), "1".to_string())
+            ]
+        );
     }
 
     #[test]
