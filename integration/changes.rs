@@ -191,6 +191,14 @@ fn a_held_change_can_be_cancelled_and_nothing_is_applied() {
     h.open(FLOWS);
     wait_flows(&d, FLOWS);
     let id = propose(&d, &reweighted(&lab))["change_id"].as_u64().unwrap();
+    // A watcher follows the change until it ends.
+    let watcher = std::process::Command::new(common::bin())
+        .args(["change", &id.to_string(), "--watch", "--json", "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(d.json(&["change", &id.to_string()])["state"], "held");
     let v = d.json(&["cancel", &id.to_string(), "--reason", "wrong route"]);
     assert!(v["message"].as_str().unwrap().contains("cancelled"), "{v}");
     assert!(pending_ids(&d).is_empty());
@@ -203,4 +211,14 @@ fn a_held_change_can_be_cancelled_and_nothing_is_applied() {
     let hist = history(&d, id);
     assert_eq!(types(&hist), vec!["decision", "held", "cancel"], "{hist:?}");
     assert_eq!(hist[2]["reason"], "wrong route");
+    // The watcher saw every entry once and ended with the cancel.
+    let out = watcher.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let seen: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(types(&seen), vec!["decision", "held", "cancel"], "{seen:?}");
+    assert_eq!(d.json(&["change", &id.to_string()])["state"], "cancelled");
+    let o = d.cli(&["change", "999999"], true);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no change 999999"), "{o:?}");
 }

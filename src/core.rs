@@ -315,6 +315,8 @@ pub struct CoreHandle {
     pub monitor_stats: Arc<monitor::MonitorStats>,
     /// The current findings, republished when they change.
     pub findings_rx: watch::Receiver<Vec<Finding>>,
+    /// Every change-journal entry as it is written (`WatchChange`).
+    pub changes_tx: broadcast::Sender<crate::journal::Entry>,
 }
 
 /// The core has stopped (the daemon is shutting down).
@@ -501,6 +503,8 @@ pub struct Core {
     journal: Option<Journal>,
     /// Recently vetoed proposals, which an operator may approve.
     vetoed: BTreeMap<u64, ChangeAsk>,
+    /// Journal entries as written, for `WatchChange`.
+    changes_tx: broadcast::Sender<crate::journal::Entry>,
     /// A socket poll has completed: until then an empty flow table means
     /// "not looked yet", not "no flows" (a change resumed at start waits).
     sockets_polled: bool,
@@ -548,6 +552,7 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
     let (dump_tx, dump_rx) = mpsc::channel(64);
     let (input_tx, input_rx) = mpsc::channel(1024);
     let (findings_tx, findings_rx) = watch::channel(Vec::new());
+    let (changes_tx, _) = broadcast::channel(1024);
     if settings.observe_syns {
         let (syn_tx, mut syn_rx) = mpsc::channel(4096);
         match syn_observer::spawn(syn_tx) {
@@ -594,6 +599,7 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         next_change_id: replayed.max_id + 1,
         journal,
         vetoed: BTreeMap::new(),
+        changes_tx: changes_tx.clone(),
         sockets_polled: false,
         missed_last_poll: HashSet::new(),
         replay: Vec::new(),
@@ -618,7 +624,7 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
     }
     core.settings.metrics.pending.set(core.pending.len() as i64);
     tokio::spawn(core.run(mon_rx, dump_rx, query_rx, input_rx));
-    Ok(CoreHandle { query_tx, events_tx, ready_rx, monitor_stats: stats, findings_rx })
+    Ok(CoreHandle { query_tx, events_tx, ready_rx, monitor_stats: stats, findings_rx, changes_tx })
 }
 
 impl Core {
@@ -1699,10 +1705,13 @@ impl Core {
 
     /// Appends to the journal (a no-op without one).
     fn journal_append(&mut self, record: Record) -> Result<(), crate::journal::JournalError> {
-        match &mut self.journal {
-            Some(j) => j.append(record).inspect_err(|e| error!(error = %e, "journal write failed")),
-            None => Ok(()),
+        let entry = crate::journal::Entry { at_ms: crate::journal::now_ms(), record };
+        if let Some(j) = &mut self.journal {
+            j.append(&entry).inspect_err(|e| error!(error = %e, "journal write failed"))?;
         }
+        // Watchers see what is on disk (or would be, without a journal).
+        let _ = self.changes_tx.send(entry);
+        Ok(())
     }
 
     /// Journals that held change `id` starts applying, and its staged

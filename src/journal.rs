@@ -130,6 +130,30 @@ pub struct Entry {
     pub record: Record,
 }
 
+impl Entry {
+    /// The state a change is in after this entry: `vetoed`, `allowed`,
+    /// `held`, `applying`, `approved`, `cancelled`, or the outcome of `done`
+    /// (`applied`, `failed`, `expired`).
+    pub fn state(&self) -> String {
+        match &self.record {
+            Record::Decision { verdict, .. } if verdict == "veto" => "vetoed".into(),
+            Record::Decision { verdict, .. } if verdict == "allow" => "allowed".into(),
+            Record::Decision { verdict, .. } => verdict.clone(),
+            Record::Held { .. } => "held".into(),
+            Record::Applying { .. } | Record::Step { .. } => "applying".into(),
+            Record::Done { outcome, .. } => outcome.clone(),
+            Record::Approve { .. } => "approved".into(),
+            Record::Cancel { .. } => "cancelled".into(),
+        }
+    }
+
+    /// Whether nothing follows this entry for its change (a veto may
+    /// still be approved: not final).
+    pub fn is_final(&self) -> bool {
+        matches!(self.record, Record::Done { .. } | Record::Cancel { .. })
+    }
+}
+
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -198,10 +222,9 @@ impl Journal {
         Ok((Journal { path, file }, replay))
     }
 
-    /// Appends one record and syncs it to disk before returning.
-    pub fn append(&mut self, record: Record) -> Result<(), JournalError> {
-        let entry = Entry { at_ms: now_ms(), record };
-        let mut line = serde_json::to_string(&entry).expect("journal records serialize");
+    /// Appends one entry and syncs it to disk before returning.
+    pub fn append(&mut self, entry: &Entry) -> Result<(), JournalError> {
+        let mut line = serde_json::to_string(entry).expect("journal records serialize");
         line.push('\n');
         let io = |source| JournalError::Io { path: self.path.clone(), source };
         self.file.write_all(line.as_bytes()).map_err(io)?;
@@ -345,8 +368,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(r.records, 0);
-        j.append(held(1, now_ms() + 60_000)).unwrap();
-        j.append(Record::Approve { change_id: 1, who: "alice".into(), reason: "maintenance window".into() }).unwrap();
+        j.append(&Entry { at_ms: now_ms(), record: held(1, now_ms() + 60_000) }).unwrap();
+        let approve = Record::Approve { change_id: 1, who: "alice".into(), reason: "maintenance window".into() };
+        j.append(&Entry { at_ms: now_ms(), record: approve }).unwrap();
         drop(j);
         let (_, r) = Journal::open(dir.path()).unwrap();
         assert_eq!(r.records, 2);

@@ -168,6 +168,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One change: its state and journal entries; --watch follows it until
+    /// it ends (applied, failed, expired, cancelled).
+    Change {
+        /// The change id.
+        id: u64,
+        /// Print each new entry as it is written, until the change ends.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+        /// JSON: one object (or, with --watch, one object a line).
+        #[arg(long)]
+        json: bool,
+    },
     /// The change journal: decisions, approvals, cancels and outcomes.
     History {
         /// Only this change.
@@ -311,6 +325,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Approve { id, reason, socket, json } => approve(socket.socket, id, reason, json).await,
         Command::Cancel { id, reason, socket, json } => cancel(socket.socket, id, reason, json).await,
         Command::History { id, socket, json } => history(socket.socket, id, json).await,
+        Command::Change { id, watch, socket, json } => change(socket.socket, id, watch, json).await,
         Command::Peers { socket, json } => peers(socket.socket, json).await,
         Command::Audit { fail_on, config, json } => audit(config, &fail_on, json).await,
         Command::DebugDigest => debug_digest().await,
@@ -734,6 +749,44 @@ async fn cancel(socket: PathBuf, id: u64, reason: String, as_json: bool) -> anyh
     Ok(ExitCode::SUCCESS)
 }
 
+async fn change(socket: PathBuf, id: u64, watch: bool, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut c = routeguard::client::connect(&socket).await?;
+    let req = pb::GetChangeRequest { change_id: id };
+    if !watch {
+        let r = c.get_change(req).await.map_err(status_err)?.into_inner();
+        if as_json {
+            let list: Vec<serde_json::Value> =
+                r.entries.iter().map(|e| serde_json::from_str(&e.json).unwrap_or(json!(e.json))).collect();
+            println!("{}", json!({"change_id": r.change_id, "state": r.state, "entries": list}));
+        } else {
+            println!("change {}: {}", r.change_id, r.state);
+            r.entries.iter().for_each(print_history_entry);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut stream = c.watch_change(req).await.map_err(status_err)?.into_inner();
+    while let Some(e) = stream.message().await.map_err(status_err)? {
+        if as_json {
+            println!("{}", e.json);
+        } else {
+            print_history_entry(&e);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_history_entry(e: &pb::HistoryEntry) {
+    let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
+    let detail = match e.r#type.as_str() {
+        "decision" => format!("{} by {}: {}", v["verdict"], v["requester"], v["intent"]),
+        "approve" | "cancel" => format!("by {}: {}", v["who"], v["reason"]),
+        "done" => format!("{}: {}", v["outcome"], v["message"]),
+        "held" => format!("{} until {} ms", v["plan"], v["deadline_ms"]),
+        _ => v.to_string(),
+    };
+    println!("{} change {} {}: {}", e.at_ms, e.change_id, e.r#type, detail.replace('"', ""));
+}
+
 async fn history(socket: PathBuf, id: Option<u64>, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut c = routeguard::client::connect(&socket).await?;
     let r =
@@ -745,17 +798,7 @@ async fn history(socket: PathBuf, id: Option<u64>, as_json: bool) -> anyhow::Res
     } else if r.entries.is_empty() {
         println!("no history");
     } else {
-        for e in &r.entries {
-            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
-            let detail = match e.r#type.as_str() {
-                "decision" => format!("{} by {}: {}", v["verdict"], v["requester"], v["intent"]),
-                "approve" | "cancel" => format!("by {}: {}", v["who"], v["reason"]),
-                "done" => format!("{}: {}", v["outcome"], v["message"]),
-                "held" => format!("{} until {} ms", v["plan"], v["deadline_ms"]),
-                _ => v.to_string(),
-            };
-            println!("{} change {} {}: {}", e.at_ms, e.change_id, e.r#type, detail.replace('"', ""));
-        }
+        r.entries.iter().for_each(print_history_entry);
     }
     Ok(ExitCode::SUCCESS)
 }

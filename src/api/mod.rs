@@ -63,6 +63,18 @@ impl GuardService {
         self.core.ask(make).await.map_err(|e| Status::unavailable(e.to_string()))
     }
 
+    /// The journal entries of change `id`; NOT_FOUND when it has none.
+    async fn change_entries(&self, id: u64) -> Result<Vec<crate::journal::Entry>, Status> {
+        if id == 0 {
+            return Err(Status::invalid_argument("change_id 0 is no change"));
+        }
+        let entries = self.ask(|reply| Query::History { id: Some(id), reply }).await?.map_err(Status::unavailable)?;
+        if entries.is_empty() {
+            return Err(Status::not_found(format!("no change {id} in the journal")));
+        }
+        Ok(entries)
+    }
+
     /// The request's intent; a whole FRR configuration is first diffed
     /// against FRR's running one (which needs FRR).
     async fn intent_for(&self, req: &pb::ChangeRequest) -> Result<Intent, Status> {
@@ -196,6 +208,16 @@ fn decision_to_pb(d: &Decision) -> pb::Decision {
         }
     }
     out
+}
+
+fn history_pb(e: &crate::journal::Entry) -> pb::HistoryEntry {
+    let json = serde_json::to_value(e).unwrap_or_default();
+    pb::HistoryEntry {
+        at_ms: e.at_ms,
+        r#type: json["type"].as_str().unwrap_or_default().to_string(),
+        change_id: e.record.change_id(),
+        json: json.to_string(),
+    }
 }
 
 /// For a whole FRR configuration: the difference that is judged.
@@ -442,26 +464,58 @@ impl pb::guard_server::Guard for GuardService {
         Ok(Response::new(pb::CancelResponse { message }))
     }
 
+    async fn get_change(&self, req: Request<pb::GetChangeRequest>) -> Result<Response<pb::ChangeInfo>, Status> {
+        let id = req.get_ref().change_id;
+        let entries = self.change_entries(id).await?;
+        let state = entries.last().map(|e| e.state()).unwrap_or_default();
+        Ok(Response::new(pb::ChangeInfo { change_id: id, state, entries: entries.iter().map(history_pb).collect() }))
+    }
+
+    type WatchChangeStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::HistoryEntry, Status>> + Send>>;
+
+    async fn watch_change(
+        &self,
+        req: Request<pb::GetChangeRequest>,
+    ) -> Result<Response<Self::WatchChangeStream>, Status> {
+        let id = req.get_ref().change_id;
+        // Subscribe before reading what is written: nothing falls between.
+        let mut rx = self.core.changes_tx.subscribe();
+        let past = self.change_entries(id).await?;
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            for e in &past {
+                if tx.send(Ok(history_pb(e))).await.is_err() || e.is_final() {
+                    return;
+                }
+            }
+            loop {
+                match rx.recv().await {
+                    // An entry written between the subscribe and the read
+                    // comes twice: send it once.
+                    Ok(e) if e.record.change_id() == id && !past.contains(&e) => {
+                        if tx.send(Ok(history_pb(&e))).await.is_err() || e.is_final() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(Err(Status::data_loss(format!("{n} journal entries missed")))).await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+    }
+
     async fn list_history(
         &self,
         req: Request<pb::ListHistoryRequest>,
     ) -> Result<Response<pb::ListHistoryResponse>, Status> {
         let id = Some(req.get_ref().change_id).filter(|&i| i != 0);
         let entries = self.ask(|reply| Query::History { id, reply }).await?.map_err(Status::unavailable)?;
-        Ok(Response::new(pb::ListHistoryResponse {
-            entries: entries
-                .into_iter()
-                .map(|e| {
-                    let json = serde_json::to_value(&e).unwrap_or_default();
-                    pb::HistoryEntry {
-                        at_ms: e.at_ms,
-                        r#type: json["type"].as_str().unwrap_or_default().to_string(),
-                        change_id: e.record.change_id(),
-                        json: json.to_string(),
-                    }
-                })
-                .collect(),
-        }))
+        Ok(Response::new(pb::ListHistoryResponse { entries: entries.iter().map(history_pb).collect() }))
     }
 
     async fn list_peers(&self, _req: Request<pb::ListPeersRequest>) -> Result<Response<pb::ListPeersResponse>, Status> {
