@@ -440,6 +440,23 @@ mod tests {
         assert!(e.contains("/nonexistent/rg.toml"), "{e}");
     }
 
+    /// Every scenario config in examples/ loads as it is.
+    #[test]
+    fn every_example_config_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "examples/ has {n} configs");
+        let edge = Config::load(Some(&dir.join("anycast-edge.toml")), &[]).unwrap();
+        assert_eq!(edge.hazards.ecmp_rehash.action, crate::policy::Action::Stage);
+    }
+
     /// examples/routeguard.toml documents every key with its default: with
     /// every setting uncommented it must parse, and (apart from the
     /// optional listeners, whose values are examples) equal the defaults.
