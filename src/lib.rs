@@ -14,6 +14,7 @@ pub mod core;
 pub mod frr;
 pub mod hazards;
 pub mod kernel;
+pub mod lab;
 pub mod metrics;
 pub mod model;
 pub mod policy;
