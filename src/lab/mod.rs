@@ -220,7 +220,7 @@ pub enum LabError {
     #[error("{0}")]
     InvalidArgument(String),
     /// Not running as root.
-    #[error("routeguard lab needs root: it creates network namespaces (try: sudo routeguard lab ...)")]
+    #[error("needs root: it creates network namespaces (try: sudo routeguard lab ...)")]
     NotRoot,
     /// A tool, package or kernel feature the scenario needs is missing.
     #[error("{0}")]
@@ -376,6 +376,25 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The pid in a scratch directory's name (`routeguard-lab-<pid>-<n>-<what>`).
+fn scratch_owner(name: &str) -> Option<u32> {
+    name.strip_prefix("routeguard-lab-")?.split('-').next()?.parse().ok()
+}
+
+/// Removes scratch directories of `routeguard lab` processes that no longer
+/// exist (killed outright, so their guards never ran).
+fn sweep_stale_dirs() {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = scratch_owner(&name) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Removes, without waiting for their owners to unwind, every namespace
 /// (with its processes: guard daemons, FRR), FRR runtime directory and
 /// scratch directory this process created. For a second Ctrl-C or a lab
@@ -424,8 +443,12 @@ pub fn run(scenarios: &[Scenario], progress: &dyn Fn(&str)) -> Result<LabReport,
         return Err(LabError::NotRoot);
     }
     require_tools("routeguard lab", &[("ip", "iproute2")])?;
+    // What runs killed outright left: namespaces (with their processes)
+    // first, then FRR directories of namespaces that are gone, then scratch
+    // directories.
     netns::sweep_stale();
     frr::sweep_stale();
+    sweep_stale_dirs();
     let mut reports = Vec::new();
     for &s in scenarios {
         check_cancel()?;
@@ -535,9 +558,16 @@ mod tests {
     }
 
     #[test]
-    fn waits_stop_when_cancelled() {
-        // Not `cancel()`: the flag is process-wide and other tests run
-        // beside this one.
+    fn scratch_directories_name_their_owner() {
+        assert_eq!(scratch_owner("routeguard-lab-4242-3-guard"), Some(4242));
+        assert_eq!(scratch_owner("routeguard-lab-x-3-guard"), None);
+        assert_eq!(scratch_owner("routeguard-audit-4242"), None);
+    }
+
+    #[test]
+    fn polls_end_with_a_value_or_at_the_timeout() {
+        // Cancellation is checked by the Ctrl-C test in integration/lab.rs:
+        // the flag is process-wide and other tests run beside this one.
         let r = poll(Duration::from_millis(120), Duration::from_millis(10), || Ok(None::<()>)).unwrap();
         assert!(r.is_none());
         let (v, _) = poll(Duration::from_secs(1), Duration::from_millis(10), || Ok(Some(7))).unwrap().unwrap();
