@@ -196,8 +196,12 @@ fn state(frr: &Instance<'_>) -> String {
     frr.neighbor(PREFIX).map_or_else(|| "unknown".into(), |(s, _)| s)
 }
 
+/// `ip -6 route get PEER` in `vm`, up to its protocol (the rest is noise
+/// for a report).
 fn route_to_peer(vm: &str) -> Result<String, LabError> {
-    ip(&["-n", vm, "-6", "route", "get", PREFIX], None).map_err(setup_err(format!("ip -6 route get {PREFIX} in {vm}")))
+    let out = ip(&["-n", vm, "-6", "route", "get", PREFIX], None)
+        .map_err(setup_err(format!("ip -6 route get {PREFIX} in {vm}")))?;
+    Ok(out.split_whitespace().take_while(|w| *w != "proto").collect::<Vec<_>>().join(" "))
 }
 
 /// Waits until the session is Established with more than `after`

@@ -13,8 +13,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::guard::Guard;
 use super::{check_cancel, poll, setup_err, LabError, Measured, Phase};
 use crate::selftest::ecmp::{echo_round, EcmpSetting, Failure, Fault, Lab, Plan};
@@ -112,22 +110,16 @@ pub(crate) fn run(progress: &dyn Fn(&str)) -> Result<Measured, LabError> {
             v["outcome"].as_str().unwrap_or("no outcome")
         ));
     }
-    let reason = first_reason(&v);
     let after = Phase {
         guard: true,
         total: FLOWS,
         broken,
         summary: format!(
-            "`routeguard propose --route-replace` {verdict}: {armed} of {FLOWS} sessions predicted to move{reason}"
+            "`routeguard propose --route-replace` {verdict}: {armed} of {FLOWS} sessions predicted to move"
         ),
         verdict: Some(verdict),
         elapsed_ms: t0.elapsed().as_millis() as u64,
     };
     progress(&format!("ecmp: with the guard: {broken}/{FLOWS} sessions broken"));
     Ok(Measured { before, after, problems })
-}
-
-/// `" (REASON)"` with the verdict's first reason, or nothing.
-fn first_reason(v: &Value) -> String {
-    v["reasons"][0].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
 }

@@ -31,13 +31,17 @@ const START_WITHIN: Duration = Duration::from_secs(90);
 
 /// Why Debian's FRR cannot be run here, if it cannot.
 pub fn missing() -> Option<String> {
+    missing_in(Path::new(SBIN), Path::new(VTYSH))
+}
+
+fn missing_in(sbin: &Path, vtysh: &Path) -> Option<String> {
     for daemon in ["zebra", "bgpd"] {
-        if !Path::new(SBIN).join(daemon).is_file() {
-            return Some(format!("FRR is not installed ({SBIN}/{daemon} missing; Debian package frr)"));
+        if !sbin.join(daemon).is_file() {
+            return Some(format!("FRR is not installed ({} missing; Debian package frr)", sbin.join(daemon).display()));
         }
     }
-    if !Path::new(VTYSH).is_file() {
-        return Some(format!("FRR's {VTYSH} is missing (Debian package frr)"));
+    if !vtysh.is_file() {
+        return Some(format!("FRR's {} is missing (Debian package frr)", vtysh.display()));
     }
     if !super::in_path("bash") {
         return Some("frr-ns needs bash".into());
@@ -240,6 +244,14 @@ mod tests {
         );
         assert!(!bgp_conf(65000, "10.255.0.1", "fdc0::", false).contains("passive"));
         assert!(!c.contains("\n\n"));
+    }
+
+    #[test]
+    fn missing_frr_is_named() {
+        let why = missing_in(Path::new("/nonexistent/frr"), Path::new(VTYSH)).unwrap();
+        assert_eq!(why, "FRR is not installed (/nonexistent/frr/zebra missing; Debian package frr)");
+        let why = missing_in(Path::new("/"), Path::new("/nonexistent/vtysh"));
+        assert!(why.unwrap_or_default().contains("not installed"), "/ has no zebra");
     }
 
     #[test]

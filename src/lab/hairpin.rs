@@ -127,7 +127,9 @@ pub(crate) fn run(progress: &dyn Fn(&str)) -> Result<Measured, LabError> {
         problems.push("hairpin is not on for vnet0 after the staged change".into());
     }
     let broken = fresh_addresses_failed(&g, 0x20)?;
-    let first_step = v["steps"][0].as_str().unwrap_or("no steps");
+    // "install routeguard's reflection filter for vnet0 (table ...)": the
+    // part before the details.
+    let first_step = v["steps"][0].as_str().unwrap_or("no steps").split(" (").next().unwrap_or_default();
     let after = Phase {
         guard: true,
         total: ADDRESSES,

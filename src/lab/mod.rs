@@ -178,7 +178,7 @@ impl LabReport {
             for (label, phase) in [("without the guard", &s.before), ("with the guard   ", &s.after)] {
                 if let Some(p) = phase {
                     out.push_str(&format!(
-                        "  {label}: {}/{} {} broken: {} ({:.1} s)\n",
+                        "  {label}: {}/{} {} broken: {} ({:.2} s)\n",
                         p.broken,
                         p.total,
                         s.unit,
