@@ -15,6 +15,7 @@ pub mod frr;
 pub mod hazards;
 pub mod journal;
 pub mod kernel;
+pub mod lab;
 pub mod metrics;
 pub mod model;
 pub mod policy;

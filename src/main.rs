@@ -103,6 +103,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reproduce each hazard in throw-away namespaces, without the guard and
+    /// then with it enforcing, and print what both runs measured. Exit
+    /// status: 0 when every scenario behaved as expected (the hazard without
+    /// the guard, none with it), 1 when one did not, 2 when one could not
+    /// run (not root, missing tools), 130 when interrupted.
+    Lab {
+        /// ecmp, anycast, hairpin or all.
+        #[arg(value_parser = ["ecmp", "anycast", "hairpin", "all"])]
+        scenario: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dry run: what a change would break and what the guard would do.
     /// Exits 1 on veto.
     Evaluate {
@@ -319,6 +332,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Findings { socket, json } => findings(socket.socket, json).await,
         Command::Flows { at_risk, socket, json } => flows(socket.socket, at_risk, json).await,
         Command::Selftest { connections, json } => selftest(connections, json).await,
+        Command::Lab { scenario, json } => lab(&scenario, json).await,
         Command::Evaluate { change, socket, json } => change_cmd(socket.socket, change, json, false).await,
         Command::Propose { change, socket, json } => change_cmd(socket.socket, change, json, true).await,
         Command::Pending { socket, json } => pending(socket.socket, json).await,
@@ -714,6 +728,67 @@ async fn selftest(connections: u32, as_json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the lab on a blocking thread. The first Ctrl-C (or SIGTERM) asks
+/// it to stop and waits while it removes what it built; a second one, or a
+/// lab that does not stop within a minute, removes everything at once.
+async fn lab(scenario: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    use routeguard::lab;
+    use tokio::signal::unix::{signal, SignalKind};
+    let scenarios = lab::Scenario::parse_list(scenario)?;
+    // Handlers first: a signal that arrives once the lab has built anything
+    // must reach them.
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    let mut task = tokio::task::spawn_blocking(move || {
+        let progress = |line: &str| {
+            if !as_json {
+                eprintln!("  .. {line}");
+            }
+        };
+        lab::run(&scenarios, &progress)
+    });
+    let result = tokio::select! {
+        r = &mut task => Some(r),
+        _ = int.recv() => None,
+        _ = term.recv() => None,
+    };
+    let result = match result {
+        Some(r) => r,
+        None => {
+            lab::cancel();
+            eprintln!("routeguard lab: interrupted, removing the lab (Ctrl-C again to force)");
+            let grace = tokio::time::sleep(std::time::Duration::from_secs(60));
+            tokio::select! {
+                _ = &mut task => {}
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = grace => {}
+            }
+            lab::emergency_cleanup();
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let report = match result {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            eprintln!("routeguard lab: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(join) => {
+            // A panic in a lab: its guards have run while unwinding.
+            lab::emergency_cleanup();
+            eprintln!("routeguard lab: the lab failed: {join}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if as_json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 async fn change_cmd(socket: PathBuf, change: ChangeArgs, as_json: bool, propose: bool) -> anyhow::Result<ExitCode> {

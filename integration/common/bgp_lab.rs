@@ -232,25 +232,9 @@ impl BgpLab {
     }
 }
 
-/// frr.conf of one side: iBGP to `neighbor`, IPv6 unicast only, connect
-/// retry 1 s (default 120 s); `passive`: never opens the TCP connection.
+/// frr.conf of one side: iBGP to `neighbor` (the same as `routeguard lab`'s).
 fn bgp_conf(router_id: &str, neighbor: &str, passive: bool) -> String {
-    let mut lines = vec![
-        "frr defaults traditional".to_string(),
-        format!("router bgp {AS}"),
-        format!(" bgp router-id {router_id}"),
-        " bgp log-neighbor-changes".to_string(),
-        " no bgp default ipv4-unicast".to_string(),
-        format!(" neighbor {neighbor} remote-as {AS}"),
-        format!(" neighbor {neighbor} timers connect 1"),
-        if passive { format!(" neighbor {neighbor} passive") } else { String::new() },
-        " address-family ipv6 unicast".to_string(),
-        format!("  neighbor {neighbor} activate"),
-        " exit-address-family".to_string(),
-        "exit".to_string(),
-    ];
-    lines.retain(|l| !l.is_empty());
-    lines.join("\n") + "\n"
+    routeguard::lab::frr::bgp_conf(AS, router_id, neighbor, passive)
 }
 
 impl Drop for BgpLab {

@@ -248,10 +248,10 @@ pub fn host_settings() -> Vec<EcmpSetting> {
 
 /// Addresses and iproute2 commands of one lab. Pure, so it is unit-tested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Plan {
-    family: u8,
+pub(crate) struct Plan {
+    pub(crate) family: u8,
     /// Anycast destinations, 1..=MAX_DESTINATIONS.
-    destinations: u32,
+    pub(crate) destinations: u32,
 }
 
 impl Plan {
@@ -322,13 +322,16 @@ impl Plan {
     /// `route VERB ANYCAST nexthop via .. dev rg1 nexthop ..`, one line per
     /// destination, for `ip -batch`.
     fn routes(&self, verb: &str) -> String {
-        let mut b = String::new();
-        for j in 0..self.destinations {
-            b.push_str(&format!("route {verb} {}/{}", self.anycast(j), self.host_len()));
-            for i in 1..=NODES {
-                b.push_str(&format!(" nexthop via {} dev rg{i}", self.link_addr(i, 2)));
-            }
-            b.push('\n');
+        (0..self.destinations).map(|j| format!("route {verb} {}\n", self.route_spec(j))).collect()
+    }
+
+    /// The multipath route to destination `j` as `ip route` and
+    /// `routeguard propose --route-replace` take it:
+    /// `ANYCAST/LEN nexthop via .. dev rg1 nexthop ..`.
+    pub(crate) fn route_spec(&self, j: u32) -> String {
+        let mut b = format!("{}/{}", self.anycast(j), self.host_len());
+        for i in 1..=NODES {
+            b.push_str(&format!(" nexthop via {} dev rg{i}", self.link_addr(i, 2)));
         }
         b
     }
@@ -415,7 +418,7 @@ fn hash_sysctls(setting: &EcmpSetting) -> Vec<Sysctl> {
 
 /// Why a lab stopped: the kernel can't run this setting (reported as
 /// skipped), or a hard error.
-enum Failure {
+pub(crate) enum Failure {
     Unsupported(String),
     Error(SelftestError),
 }
@@ -475,7 +478,11 @@ pub fn probe_with_fault(
 
 /// A lab's namespaces and echo servers. Dropping it stops and joins the
 /// servers, then deletes the namespaces (fields drop after `Drop::drop`).
-struct Lab {
+pub(crate) struct Lab {
+    /// The setting's name, for errors.
+    name: String,
+    /// Addresses and commands.
+    pub(crate) plan: Plan,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<Result<(), SelftestError>>>,
     /// R first, then N1..N3.
@@ -483,7 +490,8 @@ struct Lab {
 }
 
 impl Lab {
-    fn router(&self) -> String {
+    /// R's namespace.
+    pub(crate) fn router(&self) -> String {
         self.ns[0].name().to_string()
     }
 
@@ -530,119 +538,158 @@ fn write_sysctls(ns: &str, values: Vec<Sysctl>) -> Result<Result<(), String>, Se
 }
 
 fn run_lab(setting: &EcmpSetting, opts: &SelftestOptions, fault: Fault) -> Result<u32, Failure> {
-    let name = setting.name();
-    let lab_error = |detail: String| Failure::Error(SelftestError::Lab { setting: name.clone(), detail });
     let plan = Plan { family: setting.family, destinations: destinations(opts.connections) };
-    let pid = std::process::id();
-    let lab_id = netns::next_lab_id();
-    let mut lab = Lab { stop: Arc::new(AtomicBool::new(false)), servers: Vec::new(), ns: Vec::new() };
-    for role in ["r", "n1", "n2", "n3"] {
-        lab.ns.push(Netns::create(&netns::ns_name(pid, lab_id, role))?);
+    let lab = Lab::build(setting, plan, fault)?;
+    let mut streams = lab.connect(opts.connections, opts.timeout)?;
+    if fault == Fault::PanicAfterConnect {
+        panic!("injected panic after connect ({})", setting.name());
     }
-    let router = lab.router();
-
-    // Sysctls: the hash setting in R only; the base ones everywhere.
-    let mut r_values = hash_sysctls(setting);
-    r_values.extend(plan.base_sysctls());
-    write_sysctls(&router, r_values)?.map_err(Failure::Unsupported)?;
-    for node in lab.nodes() {
-        write_sysctls(&node, plan.base_sysctls())?.map_err(Failure::Unsupported)?;
-    }
-
-    // Links, addresses, routes.
-    ip(&["-n", &router, "-batch", "-"], Some(&plan.router_links(&lab.nodes()))).map_err(|detail| {
-        if detail.contains("Unknown device type") {
-            Failure::Unsupported(format!("no veth: {detail}"))
-        } else {
-            Failure::Error(SelftestError::Command {
-                what: format!("{name}: creating the veth pairs in {router}"),
-                detail,
-            })
+    lab.check_echo(&mut streams, opts.timeout)?;
+    ip(&["-n", &lab.router(), "-batch", "-"], Some(&plan.routes("replace"))).map_err(|detail| {
+        SelftestError::Command {
+            what: format!("{}: replacing the multipath routes in {}", lab.name, lab.router()),
+            detail,
         }
     })?;
-    for (i, node) in (1..=NODES).zip(lab.nodes()) {
-        ip(&["-n", &node, "-batch", "-"], Some(&plan.node(i)))
-            .map_err(|detail| SelftestError::Command { what: format!("{name}: configuring node {node}"), detail })?;
-    }
-    ip(&["-n", &router, "-batch", "-"], Some(&plan.routes("add")))
-        .map_err(|detail| Failure::Unsupported(format!("the kernel refused the 3-way multipath route: {detail}")))?;
-    if fault == Fault::ErrorAfterLinks {
-        return Err(lab_error("injected fault after links".into()));
-    }
+    let after = echo_round(&mut streams, 2, opts.timeout);
+    Ok(after.iter().filter(|r| r.is_err()).count() as u32)
+}
 
-    // Echo servers, one per node, each on a thread inside its node.
-    let listen = plan.listen_addr();
-    for node in lab.nodes() {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stop = lab.stop.clone();
-        let h = netns::spawn_in(&node, format!("rgst-echo-{node}"), move || {
-            let listener = TcpListener::bind(listen);
-            let _ = ready_tx.send(listener.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            match listener {
-                Ok(l) => serve(l, &stop).map_err(|source| SelftestError::Io { what: "echo server".into(), source }),
-                Err(_) => Ok(()),
+impl Lab {
+    /// Builds a lab for `setting` with `plan`'s destinations: namespaces,
+    /// sysctls, links, addresses, the multipath routes and one echo server
+    /// per node. Everything built so far is removed when this fails.
+    pub(crate) fn build(setting: &EcmpSetting, plan: Plan, fault: Fault) -> Result<Lab, Failure> {
+        let name = setting.name();
+        let lab_error = |detail: String| Failure::Error(SelftestError::Lab { setting: name.clone(), detail });
+        let pid = std::process::id();
+        let lab_id = netns::next_lab_id();
+        let mut lab = Lab {
+            name: name.clone(),
+            plan,
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+            ns: Vec::new(),
+        };
+        for role in ["r", "n1", "n2", "n3"] {
+            lab.ns.push(Netns::create(&netns::ns_name(pid, lab_id, role))?);
+        }
+        let router = lab.router();
+
+        // Sysctls: the hash setting in R only; the base ones everywhere.
+        let mut r_values = hash_sysctls(setting);
+        r_values.extend(plan.base_sysctls());
+        write_sysctls(&router, r_values)?.map_err(Failure::Unsupported)?;
+        for node in lab.nodes() {
+            write_sysctls(&node, plan.base_sysctls())?.map_err(Failure::Unsupported)?;
+        }
+
+        // Links, addresses, routes.
+        ip(&["-n", &router, "-batch", "-"], Some(&plan.router_links(&lab.nodes()))).map_err(|detail| {
+            if detail.contains("Unknown device type") {
+                Failure::Unsupported(format!("no veth: {detail}"))
+            } else {
+                Failure::Error(SelftestError::Command {
+                    what: format!("{name}: creating the veth pairs in {router}"),
+                    detail,
+                })
             }
         })?;
-        lab.servers.push(h);
-        match ready_rx.recv_timeout(SERVER_START_TIMEOUT) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(lab_error(format!("echo server in {node} cannot listen on {listen}: {e}"))),
-            // The thread ended before it could listen (setns failed: its
-            // result says why) or it hangs.
-            Err(_) => {
-                let why = match lab.servers.last().is_some_and(|h| h.is_finished()) {
-                    true => lab.servers.pop().and_then(|h| netns::join(h, "echo server").err()).map(|e| e.to_string()),
-                    false => None,
-                };
-                return Err(lab_error(format!(
-                    "echo server in {node} did not start: {}",
-                    why.unwrap_or_else(|| "timed out".into())
-                )));
+        for (i, node) in (1..=NODES).zip(lab.nodes()) {
+            ip(&["-n", &node, "-batch", "-"], Some(&plan.node(i))).map_err(|detail| SelftestError::Command {
+                what: format!("{name}: configuring node {node}"),
+                detail,
+            })?;
+        }
+        ip(&["-n", &router, "-batch", "-"], Some(&plan.routes("add"))).map_err(|detail| {
+            Failure::Unsupported(format!("the kernel refused the 3-way multipath route: {detail}"))
+        })?;
+        if fault == Fault::ErrorAfterLinks {
+            return Err(lab_error("injected fault after links".into()));
+        }
+
+        // Echo servers, one per node, each on a thread inside its node.
+        let listen = plan.listen_addr();
+        for node in lab.nodes() {
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let stop = lab.stop.clone();
+            let h = netns::spawn_in(&node, format!("rgst-echo-{node}"), move || {
+                let listener = TcpListener::bind(listen);
+                let _ = ready_tx.send(listener.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                match listener {
+                    Ok(l) => serve(l, &stop).map_err(|source| SelftestError::Io { what: "echo server".into(), source }),
+                    Err(_) => Ok(()),
+                }
+            })?;
+            lab.servers.push(h);
+            match ready_rx.recv_timeout(SERVER_START_TIMEOUT) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(lab_error(format!("echo server in {node} cannot listen on {listen}: {e}"))),
+                // The thread ended before it could listen (setns failed: its
+                // result says why) or it hangs.
+                Err(_) => {
+                    let why = match lab.servers.last().is_some_and(|h| h.is_finished()) {
+                        true => {
+                            lab.servers.pop().and_then(|h| netns::join(h, "echo server").err()).map(|e| e.to_string())
+                        }
+                        false => None,
+                    };
+                    return Err(lab_error(format!(
+                        "echo server in {node} did not start: {}",
+                        why.unwrap_or_else(|| "timed out".into())
+                    )));
+                }
             }
         }
+        Ok(lab)
     }
 
-    // Connections from R: unbound sockets, created on a thread inside R.
-    let (n, timeout) = (opts.connections, opts.timeout);
-    let mut streams = netns::run_in(&router, "client", move || {
-        let mut v = Vec::with_capacity(n as usize);
-        for k in 0..n {
-            let target = plan.target(k);
-            let s = TcpStream::connect_timeout(&target, timeout).map_err(|source| SelftestError::Io {
-                what: format!("connection {} of {n} to {target}", k + 1),
-                source,
-            })?;
-            s.set_nodelay(true).ok();
-            v.push(s);
+    /// Opens `n` connections from R, round robin over the plan's
+    /// destinations, from unbound sockets created on a thread inside R.
+    pub(crate) fn connect(&self, n: u32, timeout: Duration) -> Result<Vec<TcpStream>, Failure> {
+        let plan = self.plan;
+        netns::run_in(&self.router(), "client", move || {
+            let mut v = Vec::with_capacity(n as usize);
+            for k in 0..n {
+                let target = plan.target(k);
+                let s = TcpStream::connect_timeout(&target, timeout).map_err(|source| SelftestError::Io {
+                    what: format!("connection {} of {n} to {target}", k + 1),
+                    source,
+                })?;
+                s.set_nodelay(true).ok();
+                v.push(s);
+            }
+            Ok(v)
+        })
+        .map_err(|e| match e {
+            SelftestError::Io { what, source } => self.error(format!("{what}: {source}")),
+            e => Failure::Error(e),
+        })
+    }
+
+    /// One echo on every stream; a lab whose fresh connections do not all
+    /// echo measures nothing.
+    pub(crate) fn check_echo(&self, streams: &mut [TcpStream], timeout: Duration) -> Result<(), Failure> {
+        let before = echo_round(streams, 1, timeout);
+        let failed: Vec<String> = before
+            .iter()
+            .enumerate()
+            .filter_map(|(k, r)| r.as_ref().err().map(|e| format!("#{}: {e}", k + 1)))
+            .collect();
+        if !failed.is_empty() {
+            return Err(self.error(format!(
+                "{} of {} connections failed to echo before the replace ({})",
+                failed.len(),
+                streams.len(),
+                summarize(&failed)
+            )));
         }
-        Ok(v)
-    })
-    .map_err(|e| match e {
-        SelftestError::Io { what, source } => lab_error(format!("{what}: {source}")),
-        e => Failure::Error(e),
-    })?;
-    if fault == Fault::PanicAfterConnect {
-        panic!("injected panic after connect ({name})");
+        Ok(())
     }
 
-    let before = echo_round(&mut streams, 1, timeout);
-    let failed: Vec<String> =
-        before.iter().enumerate().filter_map(|(k, r)| r.as_ref().err().map(|e| format!("#{}: {e}", k + 1))).collect();
-    if !failed.is_empty() {
-        return Err(lab_error(format!(
-            "{} of {n} connections failed to echo before the replace ({})",
-            failed.len(),
-            summarize(&failed)
-        )));
+    fn error(&self, detail: String) -> Failure {
+        Failure::Error(SelftestError::Lab { setting: self.name.clone(), detail })
     }
-
-    ip(&["-n", &router, "-batch", "-"], Some(&plan.routes("replace"))).map_err(|detail| SelftestError::Command {
-        what: format!("{name}: replacing the multipath routes in {router}"),
-        detail,
-    })?;
-
-    let after = echo_round(&mut streams, 2, timeout);
-    Ok(after.iter().filter(|r| r.is_err()).count() as u32)
 }
 
 fn summarize(items: &[String]) -> String {
@@ -656,7 +703,7 @@ fn summarize(items: &[String]) -> String {
 /// Sends one message on every stream, then reads every echo back, all
 /// within one `timeout` from the first read. Per stream: `Ok` when the echo
 /// came back intact, else why not.
-fn echo_round(streams: &mut [TcpStream], round: u32, timeout: Duration) -> Vec<Result<(), String>> {
+pub(crate) fn echo_round(streams: &mut [TcpStream], round: u32, timeout: Duration) -> Vec<Result<(), String>> {
     let msgs: Vec<Vec<u8>> =
         (0..streams.len()).map(|k| format!("routeguard selftest {round} {k}\n").into_bytes()).collect();
     let mut out: Vec<Result<(), String>> = streams

@@ -26,7 +26,7 @@
 //! Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2's `ip`.
 
 pub mod ecmp;
-mod netns;
+pub(crate) mod netns;
 pub mod sit;
 
 use std::time::{Duration, Instant};

@@ -15,6 +15,7 @@
 //! `unsafe` code.
 #![allow(unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -38,6 +39,10 @@ static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
 /// up the shared `/var/run/netns` mount, and concurrent first calls can
 /// stack mounts. Creation takes a few milliseconds, so this costs nothing.
 static NETNS_LOCK: Mutex<()> = Mutex::new(());
+
+/// Names of the namespaces this process created and has not removed yet,
+/// for [`remove_all_live`].
+static LIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// A fresh lab number, unique within this process.
 pub(crate) fn next_lab_id() -> u32 {
@@ -100,6 +105,7 @@ impl Netns {
             ip(&["netns", "add", name], None)
                 .map_err(|detail| SelftestError::Command { what: format!("creating namespace {name}"), detail })?;
         }
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
         // From here on the guard owns it: any error below removes it.
         let ns = Netns { name: name.to_string() };
         ip(&["-n", name, "link", "set", "lo", "up"], None)
@@ -136,10 +142,22 @@ pub(crate) fn remove(name: &str) {
     let _g = NETNS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..3 {
         if ip(&["netns", "del", name], None).is_ok() || !ns_path(name).exists() {
+            LIVE.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
             return;
         }
         thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Removes every namespace this process created that is still there, with
+/// the processes inside: for a process that must exit before its guards
+/// can run (a second Ctrl-C during `routeguard lab`). Returns the names.
+pub(crate) fn remove_all_live() -> Vec<String> {
+    let names: Vec<String> = LIVE.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+    for name in &names {
+        remove(name);
+    }
+    names
 }
 
 /// Names of the selftest namespaces (`rgst-*`) that currently exist.
