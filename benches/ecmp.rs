@@ -78,7 +78,7 @@ use routeguard::hazards::{self, Context, Detector, Finding, KernelFacts};
 use routeguard::kernel::route_get::{self, RouteProber};
 use routeguard::kernel::{dump, sockdiag, sysctl};
 use routeguard::model::flows::{FlowTable, MemberId, Observation};
-use routeguard::model::{Applied, Change, Model, TcpSocket, TABLE_MAIN};
+use routeguard::model::{Applied, Change, Model, SocketPolls, TcpSocket, TABLE_MAIN};
 use routeguard::policy::intent::{parse_route_replace, Intent, MemberSpec, RouteSpec};
 use routeguard::policy::{self, HazardsConfig};
 use routeguard::proto::guard as pb;
@@ -782,7 +782,7 @@ fn facts() -> KernelFacts {
         ecmp_v6_affected: Some(true),
         ecmp_v4_affected: Some(false),
         sit_local_remote_drops: None,
-        kernel_version: None,
+        ..KernelFacts::default()
     }
 }
 
@@ -1312,16 +1312,25 @@ fn bench(p: &Params, r: &str, dir: &Path, pid: u32) -> Result<Value> {
                    "findings": d.findings.len(), "breaks": breaks}),
         );
     }
-    // What every socket poll costs the core besides the sync: current().
-    // What the core does on every socket poll (Core::process_input for
-    // Input::Tcp, minus the private debounce): apply the poll to the model,
-    // re-sync the flow table, then publish_findings -> every detector's
-    // current(). An Evaluate that arrives meanwhile waits for all of it.
-    let (mut t_apply, mut t_sync, mut t_current) = (Vec::new(), Vec::new(), Vec::new());
+    // What a socket poll costs with this many flows when nothing changed
+    // (the steady state the gRPC phase measures in). On the polling thread:
+    // `SocketPolls::delta` diffs the poll against the previous one. On the
+    // core (Core::process_input for Input::Tcp): apply the delta, if any,
+    // sync the flow table, then publish_findings -> every detector's
+    // current(). An Evaluate that arrives meanwhile waits for the core part.
+    let mut polls = SocketPolls::default();
+    black_box(polls.delta(poll.established.clone()));
+    let (mut t_diff, mut t_apply, mut t_sync, mut t_current) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         let mut sink = Vec::new();
+        let established = poll.established.clone();
         let t = Instant::now();
-        model.apply(Change::Sockets(poll.established.clone()), &mut sink);
+        let delta = polls.delta(established);
+        t_diff.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        if let Some(d) = delta {
+            model.apply(d, &mut sink);
+        }
         t_apply.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
         flows.sync(&model, &poll.listening);
@@ -1331,19 +1340,32 @@ fn bench(p: &Params, r: &str, dir: &Path, pid: u32) -> Result<Value> {
         black_box(dets.iter().flat_map(|d| d.current(&c)).collect::<Vec<_>>());
         t_current.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let (sa, ss, sc) = (Stats::of(&t_apply), Stats::of(&t_sync), Stats::of(&t_current));
+    let (sd, sa, ss, sc) = (Stats::of(&t_diff), Stats::of(&t_apply), Stats::of(&t_sync), Stats::of(&t_current));
     println!(
-        "ecmp: 2c. the core's work per socket poll with {} flows, median of 3: apply the poll {:.1} ms, \
-         FlowTable::sync {:.1} ms, detectors' current() {:.1} ms (total {:.1} ms; publish_findings runs current() \
-         again when the predictions come back)",
+        "ecmp: 2c. a socket poll with {} flows and nothing changed, median of 3: diff on the polling thread {:.1} ms; \
+         on the core: apply the delta {:.2} ms, FlowTable::sync {:.2} ms, detectors' current() {:.1} ms (core total \
+         {:.1} ms; publish_findings runs current() again when the predictions come back)",
         flows.len(),
+        sd.p50,
         sa.p50,
         ss.p50,
         sc.p50,
         sa.p50 + ss.p50 + sc.p50
     );
+    // The same with every socket new, as at the daemon's start: a fresh
+    // flow table over the whole model.
+    let t = Instant::now();
+    let mut fresh = FlowTable::default();
+    fresh.sync(&model, &poll.listening);
+    let first_sync_ms = t.elapsed().as_secs_f64() * 1000.0;
+    drop(fresh);
+    println!("ecmp: 2c. FlowTable::sync of {} new flows (a fresh table): {first_sync_ms:.1} ms", flows.len());
     p2.insert("inproc".into(), Value::Object(inproc));
-    p2.insert("per_poll_ms".into(), json!({"apply_sockets": sa.json(), "sync": ss.json(), "current": sc.json()}));
+    p2.insert(
+        "per_poll_ms".into(),
+        json!({"diff_off_core": sd.json(), "apply_delta": sa.json(), "sync": ss.json(), "current": sc.json(),
+               "first_sync_all_new": first_sync_ms}),
+    );
 
     // ---- Phase 3: per changed prefix, 1k flows (and the full set).
     let mut sampled: Vec<(IpNetwork, Vec<routeguard::model::NextHop>)> = Vec::new();
@@ -1452,7 +1474,8 @@ fn bench(p: &Params, r: &str, dir: &Path, pid: u32) -> Result<Value> {
         // The unplanned-change path (Core::apply_all -> invalidate): what
         // every route notification costs with this flow table. The first
         // call exposes the armed flows; later calls find none armed (their
-        // current member became the predicted one) and only walk the table.
+        // current member became the predicted one) and visit only the flows
+        // that are still unsettled.
         let mut first = None;
         let mut steady = Vec::new();
         for (_, it) in prefix_intents.iter() {

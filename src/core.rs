@@ -19,7 +19,7 @@
 //! draining the kernel into the channel); it is replayed after the dump,
 //! which is what makes "subscribe, then dump" gap-free.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use crate::kernel::{dump, monitor, route_get, sockdiag, syn_observer, sysctl, wr
 use crate::metrics::{FindingLabel, KindLabel, Metrics, VerdictLabel};
 use crate::model::flows::{Flow, FlowKey, FlowTable, MemberId, Observation};
 use crate::model::peers::{self, Peer, PeerView};
-use crate::model::{Applied, Change, Model, Resolved, TcpSocket};
+use crate::model::{Applied, Change, Model, Resolved, SocketPolls};
 use crate::policy::intent::Intent;
 use crate::policy::Staging;
 use crate::policy::{self, Decision, HazardsConfig, OnTimeout, Verdict};
@@ -336,7 +336,10 @@ impl CoreHandle {
 /// Inputs from the blocking helpers and writer tasks.
 enum Input {
     Change(Change),
-    Tcp(sockdiag::TcpPoll),
+    Tcp(SockPoll),
+    /// More of the socket backlog to apply (sent by the core to itself, so
+    /// that queries are answered between the chunks).
+    Continue,
     Predictions(Vec<(FlowKey, Option<MemberId>)>),
     Syn(Observation),
     Selftest(Result<SelftestReport, String>),
@@ -363,6 +366,15 @@ enum Input {
         latency: Duration,
         result: Result<(), String>,
     },
+}
+
+/// A socket poll as the core receives it.
+#[derive(Default)]
+struct SockPoll {
+    /// Local ports with a listener (`None`: the poll failed).
+    listening: Option<BTreeSet<u16>>,
+    /// What changed since the previous poll (`None`: nothing, or failed).
+    delta: Option<Change>,
 }
 
 /// Vetoed proposals kept for `approve`.
@@ -454,7 +466,11 @@ enum Plan {
 /// An unplanned kernel change that invalidated armed flows.
 struct Exposure {
     cause: String,
+    /// How many armed flows it invalidated.
+    exposed: usize,
+    /// Those of them still open as of the latest re-check.
     flows: Vec<FlowKey>,
+    /// The first few of them (at most the detector's `MAX_EVIDENCE`).
     evidence: Vec<String>,
     /// How many of them were gone once the socket polls settled.
     died: Option<usize>,
@@ -464,6 +480,18 @@ struct Exposure {
 
 /// Socket polls during which the flows an exposure hit are re-counted.
 const EXPOSURE_RECHECK_POLLS: u8 = 60;
+
+/// Prediction rounds within which every flow is asked again even when
+/// nothing the model sees changed (see `Core::spawn_predictions`).
+const REPREDICT_ROUNDS: usize = 30;
+
+/// Most flows asked about in one prediction round: bounds what the core
+/// does when the answers come back (the next round starts at once).
+const PREDICT_ROUND_MAX: usize = 16_384;
+
+/// Most socket changes the core applies in one go; more (100k new sockets
+/// at start) are applied in chunks with queries answered in between.
+const SOCKET_CHUNK: usize = 4096;
 
 /// Most exposures remembered.
 const MAX_EXPOSURES: usize = 16;
@@ -508,7 +536,12 @@ pub struct Core {
     /// A socket poll has completed: until then an empty flow table means
     /// "not looked yet", not "no flows" (a change resumed at start waits).
     sockets_polled: bool,
-    missed_last_poll: HashSet<FlowKey>,
+    /// The previous socket polls, diffed on the polling thread.
+    socket_polls: Arc<std::sync::Mutex<SocketPolls>>,
+    /// Socket changes not applied yet, in chunks of `SOCKET_CHUNK`.
+    socket_backlog: VecDeque<Change>,
+    /// An `Input::Continue` is queued.
+    continuing: bool,
     /// Notifications received during a dump, replayed after it.
     replay: Vec<(Vec<Change>, Instant)>,
     /// An overrun happened during the running dump: dump again.
@@ -601,7 +634,9 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         vetoed: BTreeMap::new(),
         changes_tx: changes_tx.clone(),
         sockets_polled: false,
-        missed_last_poll: HashSet::new(),
+        socket_polls: Arc::default(),
+        socket_backlog: VecDeque::new(),
+        continuing: false,
         replay: Vec::new(),
         restart_dump: false,
         exposures: VecDeque::new(),
@@ -858,14 +893,30 @@ impl Core {
 
     fn spawn_sock_poll(&self) {
         let tx = self.input_tx.clone();
+        let polls = self.socket_polls.clone();
         tokio::spawn(async move {
-            match tokio::task::spawn_blocking(sockdiag::poll_tcp).await {
-                Ok(Ok(poll)) => {
-                    let _ = tx.send(Input::Tcp(poll)).await;
+            // The diff against the previous poll is made here too, so that
+            // the core applies only what changed (O(100k) per poll at 100k
+            // sockets otherwise).
+            let r = tokio::task::spawn_blocking(move || {
+                let poll = sockdiag::poll_tcp()?;
+                let delta = polls.lock().unwrap_or_else(|e| e.into_inner()).delta(poll.established);
+                Ok::<_, std::io::Error>(SockPoll { listening: Some(poll.listening), delta })
+            })
+            .await;
+            // A failed poll is reported too: it frees the next one.
+            let poll = match r {
+                Ok(Ok(poll)) => poll,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "sock_diag poll failed");
+                    SockPoll::default()
                 }
-                Ok(Err(e)) => warn!(error = %e, "sock_diag poll failed"),
-                Err(e) => warn!(error = %e, "sock_diag task failed"),
-            }
+                Err(e) => {
+                    warn!(error = %e, "sock_diag task failed");
+                    SockPoll::default()
+                }
+            };
+            let _ = tx.send(Input::Tcp(poll)).await;
         });
     }
 
@@ -1074,35 +1125,40 @@ impl Core {
             Input::Change(c) => self.apply_all(vec![c]),
             Input::Tcp(poll) => {
                 self.sockets_polled = true;
-                self.listening = poll.listening;
-                let established = self.debounce_sockets(poll.established);
-                self.apply_all(vec![Change::Sockets(established)]);
-                self.flows.sync(&self.model, &self.listening);
+                if let Some(listening) = poll.listening {
+                    self.listening = listening;
+                }
+                if let Some(delta) = poll.delta {
+                    self.socket_backlog.extend(delta.split_sockets(SOCKET_CHUNK));
+                }
+                self.apply_socket_chunk();
                 // Sockets leave the model one poll after they close (see
-                // debounce_sockets), so count the dead at the second poll.
+                // SocketPolls), so count the dead at the second poll.
                 // Exposed flows die at their next packet, which may come
                 // much later: keep counting for a while.
                 for e in self.exposures.iter_mut().filter(|e| e.polls < EXPOSURE_RECHECK_POLLS) {
                     e.polls += 1;
                     if e.polls >= 2 {
-                        let gone = e.flows.iter().filter(|k| !self.model.sockets.contains_key(k)).count();
+                        e.flows.retain(|k| self.model.sockets.contains_key(k));
+                        let gone = e.exposed - e.flows.len();
                         if e.died != Some(gone) {
-                            warn!(cause = %e.cause, exposed = e.flows.len(), died = gone, "ecmp_rehash: exposed flows re-checked");
+                            warn!(cause = %e.cause, exposed = e.exposed, died = gone, "ecmp_rehash: exposed flows re-checked");
                         }
                         e.died = Some(gone);
                     }
                 }
-                self.spawn_predictions();
-                self.process_pending();
-                self.publish_findings();
+                self.after_socket_chunk();
+            }
+            Input::Continue => {
+                self.continuing = false;
+                self.apply_socket_chunk();
+                self.after_socket_chunk();
             }
             Input::Predictions(list) => {
                 self.predicting = false;
-                for (key, m) in list {
-                    if let Some(m) = m {
-                        self.flows.predict(&key, m);
-                    }
-                }
+                self.flows.predicted(list);
+                // Rounds are capped: ask for the rest at once.
+                self.spawn_predictions(false);
                 self.process_pending();
                 self.publish_findings();
             }
@@ -1177,8 +1233,28 @@ impl Core {
                     self.remediating.remove(i);
                 }
                 // Forwarding may have been turned on again while the write
-                // was in flight (skipped as busy): check again now.
-                self.remediate(Instant::now());
+                // was in flight (skipped as busy): check again where the
+                // kernel says it is on now. The model alone cannot tell:
+                // this result often overtakes the write's own netconf
+                // notification, and the model, still showing the toggle,
+                // would have it written again for nothing. Where the model
+                // is behind the other way (a re-enable not applied yet),
+                // that notification remediates, the interface being free
+                // now. After a failure the next notification retries (at
+                // once would spin on a persistent error).
+                if result.is_ok() {
+                    let root = self.settings.proc_sys.clone();
+                    let on: BTreeSet<String> = ifaces
+                        .iter()
+                        .filter(|i| {
+                            writer::read_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding")).is_ok_and(|v| v == "1")
+                        })
+                        .cloned()
+                        .collect();
+                    if !on.is_empty() {
+                        self.remediate_where(Instant::now(), |i| on.contains(i));
+                    }
+                }
                 let line = match &result {
                     Ok(()) => format!(
                         "turned IPv6 forwarding off on {} {:.3} ms after the kernel reported the conflict",
@@ -1265,8 +1341,18 @@ impl Core {
     /// interface where a neighbor sits at the Subnet-Router anycast. With
     /// `remediate`, turn forwarding off there at once (packets are still
     /// forwarded: `all.forwarding` governs that) and record how long it
-    /// took from the kernel's notification.
+    /// took from the kernel's notification to the write's completion.
+    ///
+    /// The decision needs only interfaces, prefixes, forwarding, peers and
+    /// the route tables' gateway index, not the routes themselves, so it
+    /// costs the same with a million routes; the findings published after
+    /// the write name the routes.
     fn remediate(&mut self, received: Instant) {
+        self.remediate_where(received, |_| true);
+    }
+
+    /// [`Core::remediate`], limited to the interfaces `keep` accepts.
+    fn remediate_where(&mut self, received: Instant, keep: impl Fn(&str) -> bool) {
         if !self.settings.hazards.subnet_anycast.remediate || self.stale {
             return;
         }
@@ -1279,56 +1365,30 @@ impl Core {
             peers: &peers,
             hairpin_filters: &self.hairpin_filters,
         };
-        let mut ifaces: Vec<String> = hazards::subnet_anycast::SubnetAnycast
-            .current(&ctx)
+        // Sorted and deduplicated already.
+        let ifaces: Vec<String> = hazards::subnet_anycast::remediation_ifaces(&ctx)
             .into_iter()
-            .filter_map(|f| f.stage)
-            .flat_map(|p| match p {
-                hazards::StagePlan::DisableForwardingOn { ifaces } => ifaces,
-                hazards::StagePlan::ReflectionFilter { .. } => Vec::new(),
-            })
-            .filter(|i| !self.remediating.contains(i))
+            .filter(|i| keep(i) && !self.remediating.contains(i))
             .collect();
-        ifaces.sort();
-        ifaces.dedup();
         if ifaces.is_empty() {
             return;
         }
         self.remediating.extend(ifaces.iter().cloned());
         let root = self.settings.proc_sys.clone();
         let tx = self.input_tx.clone();
-        tokio::spawn(async move {
-            let list = ifaces.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                for i in &list {
-                    writer::write_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding"), "0")
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        // Straight to a blocking thread: no async task in between that
+        // would wait for this (busy) worker to yield.
+        tokio::task::spawn_blocking(move || {
+            let result = ifaces.iter().try_for_each(|i| {
+                writer::write_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding"), "0")
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
+            // The write is complete here: stop the clock before handing
+            // the result back to the core.
             let latency = received.elapsed();
-            let _ = tx.send(Input::Remediated { ifaces, latency, result }).await;
+            let _ = tx.blocking_send(Input::Remediated { ifaces, latency, result });
         });
-    }
-
-    /// A sock_diag dump walks the kernel's global TCP hash bucket by
-    /// bucket; sockets created or closed meanwhile (in any namespace) can
-    /// make it skip one of ours. A socket therefore counts as closed only
-    /// when two consecutive polls miss it, so a skipped flow keeps what is
-    /// known about it (its observed member above all).
-    fn debounce_sockets(&mut self, mut polled: Vec<TcpSocket>) -> Vec<TcpSocket> {
-        let seen: HashSet<_> = polled.iter().map(|s| s.key()).collect();
-        let mut missed_now = HashSet::new();
-        for (k, s) in &self.model.sockets {
-            if !seen.contains(k) && !self.missed_last_poll.contains(k) {
-                polled.push(s.clone());
-                missed_now.insert(*k);
-            }
-        }
-        self.missed_last_poll = missed_now;
-        polled
     }
 
     fn start_selftest(&mut self) {
@@ -1363,7 +1423,7 @@ impl Core {
 
     fn armed_count(&self) -> usize {
         let facts = self.facts();
-        self.flows.iter().filter(|f| f.armed(affected(&facts, f))).count()
+        self.flows.maybe_armed().filter(|f| f.armed(affected(&facts, f))).count()
     }
 
     fn invalidate(&mut self, scope: Invalidation, cause: String) {
@@ -1372,15 +1432,21 @@ impl Core {
         if exposed.is_empty() {
             return;
         }
-        let evidence: Vec<String> =
-            exposed.iter().map(|f| format!("tcp {} -> {} route {}", f.local, f.remote, f.prefix)).collect();
+        // The count stays exact; the evidence is capped like the detector's.
+        let evidence: Vec<String> = exposed
+            .iter()
+            .filter_map(|k| self.flows.get(k))
+            .take(hazards::ecmp_rehash::MAX_EVIDENCE)
+            .map(|f| format!("tcp {} -> {} route {}", f.local, f.remote, f.prefix))
+            .collect();
         warn!(cause = %cause, exposed = exposed.len(), hazard = "ecmp_rehash", "unplanned change invalidated armed flows");
         if self.exposures.len() >= MAX_EXPOSURES {
             self.exposures.pop_front();
         }
         self.exposures.push_back(Exposure {
             cause,
-            flows: exposed.iter().map(|f| f.key()).collect(),
+            exposed: exposed.len(),
+            flows: exposed,
             evidence,
             died: None,
             polls: 0,
@@ -1388,14 +1454,48 @@ impl Core {
         self.publish_findings();
     }
 
-    fn spawn_predictions(&mut self) {
+    /// Applies the next chunk of socket changes, if any, and brings the
+    /// flow table up to date (which then costs about the chunk).
+    fn apply_socket_chunk(&mut self) {
+        if let Some(chunk) = self.socket_backlog.pop_front() {
+            self.apply_all(vec![chunk]);
+        }
+        self.flows.sync(&self.model, &self.listening);
+    }
+
+    /// After a chunk: queue the next one behind whatever queries wait, or,
+    /// with the poll applied, predict, release held changes and publish.
+    fn after_socket_chunk(&mut self) {
+        if !self.socket_backlog.is_empty() {
+            // When the queue is full, the next poll carries on instead.
+            if !self.continuing && self.input_tx.try_send(Input::Continue).is_ok() {
+                self.continuing = true;
+            }
+            return;
+        }
+        self.spawn_predictions(true);
+        self.process_pending();
+        self.publish_findings();
+    }
+
+    /// Starts a prediction round unless one runs: flows that need a
+    /// prediction (new ones, ones whose route or keys changed, all after a
+    /// change that can move the kernel's answers), at most
+    /// `PREDICT_ROUND_MAX` at a time, plus with `refresh` a rolling share, so
+    /// that every flow is asked again within REPREDICT_ROUNDS polls (answers
+    /// also move with neighbour reachability, which the model does not see).
+    fn spawn_predictions(&mut self, refresh: bool) {
         if self.predicting || self.flows.is_empty() {
             return;
         }
+        let refresh = if refresh { self.flows.len().div_ceil(REPREDICT_ROUNDS) } else { 0 };
+        let todo = self.flows.take_unpredicted(refresh, PREDICT_ROUND_MAX);
+        if todo.is_empty() {
+            return;
+        }
         self.predicting = true;
-        let keys: Vec<FlowKey> = self.flows.iter().map(|f| f.key()).collect();
-        let probes: Vec<route_get::FlowKey> = self
-            .flows
+        let keys: Vec<FlowKey> = todo.iter().map(|f| f.key()).collect();
+        let probes: Vec<route_get::FlowKey> = todo
             .iter()
             .map(|f| route_get::FlowKey {
                 src: f.local.ip(),
@@ -1417,9 +1517,14 @@ impl Core {
             })
             .await
             .unwrap_or_default();
+            // Keys without an answer (errors, no prober) are asked again.
+            let mut answers = answers.into_iter();
             let list = keys
                 .into_iter()
-                .zip(answers.into_iter().map(|a| a.ok().map(|s| MemberId { gateway: s.gateway, ifindex: s.oif })))
+                .map(|k| {
+                    let a = answers.next().and_then(|a| a.ok());
+                    (k, a.map(|s| MemberId { gateway: s.gateway, ifindex: s.oif }))
+                })
                 .collect();
             let _ = tx.send(Input::Predictions(list)).await;
         });
@@ -1454,8 +1559,8 @@ impl Core {
             out.push(Finding {
                 hazard: crate::hazards::ecmp_rehash::NAME,
                 severity: Severity::Critical,
-                summary: format!("observed: {} invalidated {} armed flow(s); {died}", e.cause, e.flows.len()),
-                breaks: e.died.unwrap_or(e.flows.len()),
+                summary: format!("observed: {} invalidated {} armed flow(s); {died}", e.cause, e.exposed),
+                breaks: e.died.unwrap_or(e.exposed),
                 evidence: e.evidence.clone(),
                 mitigations: Vec::new(),
                 stage: None,
@@ -1673,7 +1778,7 @@ impl Core {
     /// Whether some flow still waits for its first prediction (then a
     /// delayed change must not go yet: the flow could be armed).
     fn predicting_unknown(&self) -> bool {
-        self.flows.iter().any(|f| f.after.is_none())
+        self.flows.awaiting_prediction()
     }
 
     fn spawn_apply(

@@ -55,6 +55,7 @@ use ipnetwork::IpNetwork;
 
 use super::{Context, Detector, Finding, Mitigation, Severity};
 use crate::model::flows::Flow;
+use crate::model::ResolvedMember;
 use crate::policy::intent::{Intent, RouteSpec};
 
 /// The detector.
@@ -63,7 +64,7 @@ pub struct EcmpRehash;
 /// The hazard's name.
 pub const NAME: &str = "ecmp_rehash";
 /// Most flows listed as evidence in one finding.
-const MAX_EVIDENCE: usize = 50;
+pub const MAX_EVIDENCE: usize = 50;
 
 fn mitigations() -> Vec<Mitigation> {
     vec![
@@ -114,12 +115,35 @@ fn covers(outer: &IpNetwork, inner: &IpNetwork) -> bool {
     outer.is_ipv4() == inner.is_ipv4() && outer.prefix() <= inner.prefix() && outer.contains(inner.network())
 }
 
-fn same_members(ctx: &Context<'_>, f: &Flow, spec: &RouteSpec) -> bool {
-    let mut have: Vec<_> = f.members.iter().map(|m| (m.gateway, ctx.model.ifname(m.ifindex), m.weight)).collect();
-    let mut want: Vec<_> = spec.members.iter().map(|m| (m.gateway, m.dev.clone(), m.weight)).collect();
-    have.sort();
-    want.sort();
-    have == want
+/// Whether a flow's members are the spec's, memoized: flows on one route
+/// share one member set, so the comparison runs once per distinct set
+/// rather than once per flow.
+struct SameMembers<'a> {
+    ctx: &'a Context<'a>,
+    want: Vec<(Option<std::net::IpAddr>, String, u16)>,
+    last: Option<(Vec<ResolvedMember>, bool)>,
+}
+
+impl<'a> SameMembers<'a> {
+    fn new(ctx: &'a Context<'a>, spec: &RouteSpec) -> Self {
+        let mut want: Vec<_> = spec.members.iter().map(|m| (m.gateway, m.dev.clone(), m.weight)).collect();
+        want.sort();
+        SameMembers { ctx, want, last: None }
+    }
+
+    fn check(&mut self, f: &Flow) -> bool {
+        if let Some((members, same)) = &self.last {
+            if *members == f.members {
+                return *same;
+            }
+        }
+        let mut have: Vec<_> =
+            f.members.iter().map(|m| (m.gateway, self.ctx.model.ifname(m.ifindex), m.weight)).collect();
+        have.sort();
+        let same = have == self.want;
+        self.last = Some((f.members.clone(), same));
+        same
+    }
 }
 
 /// How a proposed route change touches one flow.
@@ -132,7 +156,9 @@ enum Touch {
     Remapped,
 }
 
-fn touch(ctx: &Context<'_>, f: &Flow, spec: &RouteSpec) -> Touch {
+/// Depends only on what all flows to one destination share (family,
+/// address, table, route, members).
+fn touch(same: &mut SameMembers<'_>, f: &Flow, spec: &RouteSpec) -> Touch {
     if f.is_v6() != spec.dst.is_ipv6() {
         return Touch::None;
     }
@@ -144,7 +170,7 @@ fn touch(ctx: &Context<'_>, f: &Flow, spec: &RouteSpec) -> Touch {
         return Touch::None;
     }
     if f.prefix == spec.dst {
-        return if same_members(ctx, f, spec) { Touch::Invalidated } else { Touch::Remapped };
+        return if same.check(f) { Touch::Invalidated } else { Touch::Remapped };
     }
     if covers(&f.prefix, &spec.dst) {
         // A more specific route: captures the flow if it covers its
@@ -160,13 +186,19 @@ impl Detector for EcmpRehash {
     }
 
     fn current(&self, ctx: &Context<'_>) -> Vec<Finding> {
-        let armed: Vec<&Flow> = ctx.flows.iter().filter(|f| f.armed(affected(ctx, f))).collect();
-        if armed.is_empty() {
-            return Vec::new();
+        // Only unsettled flows can be armed; routes are formatted once each.
+        let mut armed = 0usize;
+        let mut evidence = Vec::new();
+        let mut by_route: BTreeMap<IpNetwork, usize> = BTreeMap::new();
+        for f in ctx.flows.maybe_armed().filter(|f| f.armed(affected(ctx, f))) {
+            armed += 1;
+            *by_route.entry(f.prefix).or_default() += 1;
+            if evidence.len() < MAX_EVIDENCE {
+                evidence.push(describe(f, ctx));
+            }
         }
-        let mut by_route: BTreeMap<String, usize> = BTreeMap::new();
-        for f in &armed {
-            *by_route.entry(f.prefix.to_string()).or_default() += 1;
+        if armed == 0 {
+            return Vec::new();
         }
         let routes: Vec<String> = by_route.iter().map(|(p, n)| format!("{p} ({n})")).collect();
         vec![Finding {
@@ -175,11 +207,11 @@ impl Detector for EcmpRehash {
             summary: format!(
                 "{} established flow(s) would move to another member at the next invalidation of their cached \
                  route (any route change on their path, rule change or address change): {}",
-                armed.len(),
+                armed,
                 routes.join(", ")
             ),
-            breaks: armed.len(),
-            evidence: armed.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
+            breaks: armed,
+            evidence,
             mitigations: mitigations(),
             stage: None,
         }]
@@ -188,19 +220,24 @@ impl Detector for EcmpRehash {
     fn evaluate(&self, ctx: &Context<'_>, intent: &Intent) -> Vec<Finding> {
         match intent {
             Intent::RouteReplace(spec) => {
-                let mut moved = Vec::new();
-                let mut remapped = Vec::new();
-                for f in ctx.flows.iter() {
-                    match touch(ctx, f, spec) {
-                        Touch::None => {}
-                        Touch::Invalidated => {
-                            if f.armed(affected(ctx, f)) {
-                                moved.push(f);
-                            }
-                        }
-                        Touch::Remapped => remapped.push(f),
-                    }
-                }
+                let mut same = SameMembers::new(ctx, spec);
+                // A flow moves when the change invalidates its cached route
+                // and it is armed; only unsettled flows can be, and the
+                // change touches all flows to one destination alike.
+                let moved: Vec<&Flow> = ctx
+                    .flows
+                    .maybe_armed_where(|f| matches!(touch(&mut same, f, spec), Touch::Invalidated))
+                    .into_iter()
+                    .filter(|f| f.armed(affected(ctx, f)))
+                    .collect();
+                // A remapped flow rides the changed prefix or is captured by
+                // it: either way its destination lies inside it.
+                let mut remapped: Vec<&Flow> = ctx
+                    .flows
+                    .flows_to(spec.dst)
+                    .filter(|f| matches!(touch(&mut same, f, spec), Touch::Remapped))
+                    .collect();
+                remapped.sort_by_key(|f| f.key());
                 let mut out = Vec::new();
                 if !moved.is_empty() {
                     out.push(Finding {
@@ -246,8 +283,11 @@ impl Detector for EcmpRehash {
                     let s = &ctx.model.sysctls;
                     let current = if key.ends_with("policy") { s.hash_policy_v6 } else { s.hash_fields_v6 };
                     let unchanged = parse_int(&value).is_some_and(|v| Some(v) == current);
+                    if !hash_key || unchanged {
+                        continue;
+                    }
                     let v6: Vec<&Flow> = ctx.flows.iter().filter(|f| f.is_v6()).collect();
-                    if !hash_key || unchanged || v6.is_empty() {
+                    if v6.is_empty() {
                         continue;
                     }
                     out.push(Finding {
@@ -285,7 +325,7 @@ mod tests {
     use super::*;
     use crate::hazards::KernelFacts;
     use crate::model::flows::{FlowTable, MemberId, Observation};
-    use crate::model::{Change, Link, Model, NextHop, Route, RouteAttrs, TcpSocket, IFF_UP, TABLE_MAIN};
+    use crate::model::{Change, Link, Model, NextHop, Route, TcpSocket, IFF_UP};
     use crate::policy::intent::parse_route_replace;
 
     /// R with links r1..r3 (ifindex 2..4), an ECMP /128 and an ECMP default,
@@ -311,18 +351,11 @@ mod tests {
                 &mut ev,
             );
         }
-        let ecmp = |dst: &str| Route {
-            table: TABLE_MAIN,
-            dst: dst.parse().unwrap(),
-            tos: 0,
-            metric: 1024,
-            kind: 1,
-            protocol: 3,
-            scope: 0,
-            attrs: RouteAttrs {
-                nexthops: (2..5).map(|i| NextHop { gateway: Some(gw(i)), ifindex: i, weight: 1, flags: 0 }).collect(),
-                ..Default::default()
-            },
+        let ecmp = |dst: &str| {
+            Route::test_unicast(
+                dst,
+                (2..5).map(|i| NextHop { gateway: Some(gw(i)), ifindex: i, weight: 1, flags: 0 }).collect(),
+            )
         };
         m.apply(Change::Route(ecmp("fd00:ecec:f::1/128")), &mut ev);
         m.apply(Change::Route(ecmp("::/0")), &mut ev);

@@ -25,7 +25,7 @@
 //! the anycast leaves that interface (side effect: the interface acts as a
 //! host for RA and the NA router flag).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 
 use ipnetwork::Ipv6Network;
@@ -58,37 +58,16 @@ fn conflicts(ctx: &Context<'_>) -> Vec<Conflict> {
             targets.push((a, format!("BGP peer {a} (vrf {}, {}, from {:?})", p.vrf, p.state, p.source).to_lowercase()));
         }
     }
-    // Gateways live in the shared attribute sets: scan those (few), and
-    // name the routes only for a gateway that is a candidate (rare).
-    let candidates: BTreeSet<Ipv6Addr> = m
-        .addresses
-        .values()
-        .filter_map(|a| match a.key.address {
-            IpAddr::V6(addr) if a.key.prefix_len < 127 => {
-                Ipv6Network::new(addr, a.key.prefix_len).ok().map(|n| n.network())
-            }
-            _ => None,
-        })
-        .collect();
-    let hit: BTreeSet<Ipv6Addr> = m
-        .routes
-        .attr_sets()
-        .flat_map(|a| a.nexthops.iter())
-        .filter_map(|n| match n.gateway {
-            Some(IpAddr::V6(g)) if candidates.contains(&g) => Some(g),
-            _ => None,
-        })
-        .collect();
-    if !hit.is_empty() {
-        m.routes.for_each_raw(|table, dst, _, _, _, _, _, attrs| {
-            for n in &attrs.nexthops {
-                if let Some(IpAddr::V6(g)) = n.gateway {
-                    if hit.contains(&g) {
-                        targets.push((g, format!("gateway of route {dst} (table {table})")));
-                    }
-                }
-            }
-        });
+    // The route tables index their gateways, and keep the routes of a
+    // gateway once asked about it: naming the routes via a candidate does
+    // not walk every route (except at the first question). The remediation
+    // path does not name routes at all (`remediation_ifaces`).
+    let candidates: BTreeSet<IpAddr> = local_anycasts(ctx).map(|(_, anycast, _)| IpAddr::V6(anycast)).collect();
+    for (g, routes) in m.routes.routes_via(&candidates) {
+        let IpAddr::V6(g) = g else { continue };
+        for (table, dst) in routes {
+            targets.push((g, format!("gateway of route {dst} (table {table})")));
+        }
     }
     for n in m.nexthops.values() {
         if let Some(IpAddr::V6(g)) = n.gateway {
@@ -115,6 +94,57 @@ fn conflicts(ctx: &Context<'_>) -> Vec<Conflict> {
             }
         }
     }
+    out
+}
+
+/// `(ifindex, prefix::, prefix)` for every local IPv6 prefix shorter than
+/// /127: the addresses the kernel joins as Subnet-Router anycast where
+/// forwarding is on.
+fn local_anycasts<'a>(ctx: &'a Context<'_>) -> impl Iterator<Item = (u32, Ipv6Addr, Ipv6Network)> + 'a {
+    ctx.model.addresses.values().filter_map(|a| match a.key.address {
+        IpAddr::V6(addr) if a.key.prefix_len < 127 => {
+            let net = Ipv6Network::new(addr, a.key.prefix_len).ok()?;
+            Some((a.key.ifindex, net.network(), Ipv6Network::new(net.network(), a.key.prefix_len).unwrap_or(net)))
+        }
+        _ => None,
+    })
+}
+
+/// The interfaces remediation turns IPv6 forwarding off on: those with
+/// forwarding on where a peer, a route's gateway or a nexthop object's
+/// gateway sits at the Subnet-Router anycast of a local prefix. Sorted
+/// names, the same set as the critical finding's stage plan from
+/// [`Detector::current`], but decided from the interfaces, their prefixes,
+/// the forwarding state, the peers, the nexthop objects and the route
+/// tables' gateway index: no route is walked or named, so the cost does not
+/// grow with the routing table. The findings name the routes afterwards.
+pub fn remediation_ifaces(ctx: &Context<'_>) -> Vec<String> {
+    let m = ctx.model;
+    // Anycast address -> interfaces with forwarding on that claim it.
+    let mut claimed: BTreeMap<Ipv6Addr, Vec<u32>> = BTreeMap::new();
+    for (ifindex, anycast, _) in local_anycasts(ctx) {
+        if forwarding_on(ctx, ifindex) {
+            claimed.entry(anycast).or_default().push(ifindex);
+        }
+    }
+    if claimed.is_empty() {
+        return Vec::new();
+    }
+    let v6 = |a: Option<IpAddr>| match a {
+        Some(IpAddr::V6(a)) => Some(a),
+        _ => None,
+    };
+    let mut hit: BTreeSet<Ipv6Addr> = ctx
+        .peers
+        .iter()
+        .filter_map(|p| v6(Some(p.address)))
+        .chain(m.nexthops.values().filter_map(|n| v6(n.gateway)))
+        .filter(|a| claimed.contains_key(a))
+        .collect();
+    hit.extend(claimed.keys().filter(|a| m.routes.uses_gateway(IpAddr::V6(**a))));
+    let mut out: Vec<String> = hit.iter().flat_map(|a| claimed[a].iter()).map(|&ifindex| m.ifname(ifindex)).collect();
+    out.sort();
+    out.dedup();
     out
 }
 
@@ -334,6 +364,108 @@ mod tests {
         // FRR's `ipv6 forwarding` is the same toggle.
         let frr = Intent::FrrCli { line: "ipv6 forwarding".into() };
         assert_eq!(SubnetAnycast.evaluate(&ctx, &frr).len(), 1);
+    }
+
+    fn stage_ifaces(ctx: &Context<'_>) -> Vec<String> {
+        SubnetAnycast
+            .current(ctx)
+            .into_iter()
+            .filter_map(|f| f.stage)
+            .flat_map(|p| match p {
+                StagePlan::DisableForwardingOn { ifaces } => ifaces,
+                StagePlan::ReflectionFilter { .. } => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn remediation_decides_like_the_critical_finding_without_naming_routes() {
+        use crate::model::objects::Nexthop;
+        use crate::model::routes::{NextHop, Route};
+        let route = |dst: &str, gw: &str| {
+            let nh = NextHop { gateway: Some(gw.parse().unwrap()), ifindex: 2, weight: 1, flags: 0 };
+            Change::Route(Route::test_unicast(dst, vec![nh]))
+        };
+        let flows = FlowTable::default();
+        // No BGP peer: only a route's gateway sits at prefix::.
+        let (mut m, _) = lab("fdc0:3489:e0fd::2");
+        let peers = Vec::new();
+        m.apply(route("2001:db8::/32", "fdc0:3489:e0fd::"), &mut vec![]);
+        for i in 0..1000u32 {
+            m.apply(route(&format!("2001:db9:{i:x}::/64"), "fdc0:3489:e0fd::2"), &mut vec![]);
+        }
+        let ctx =
+            Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers, hairpin_filters: &Default::default() };
+        assert!(remediation_ifaces(&ctx).is_empty(), "forwarding is off");
+        let f = SubnetAnycast.current(&ctx);
+        assert_eq!(
+            f[0].evidence,
+            vec![
+                "gateway of route 2001:db8::/32 (table 254) is the Subnet-Router anycast of fdc0:3489:e0fd::/64 on \
+                  vmif (forwarding off, anycast not joined)"
+            ]
+        );
+        // Routes added after the first question are named too, in table
+        // and prefix order.
+        m.apply(route("2001:db8:1::/48", "fdc0:3489:e0fd::"), &mut vec![]);
+        m.apply(route("2001::/16", "fdc0:3489:e0fd::"), &mut vec![]);
+        let ctx =
+            Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers, hairpin_filters: &Default::default() };
+        let f = SubnetAnycast.current(&ctx);
+        let named: Vec<&str> = f[0].evidence.iter().map(|e| e.split(" is the ").next().unwrap()).collect();
+        assert_eq!(
+            named,
+            vec![
+                "gateway of route 2001::/16 (table 254)",
+                "gateway of route 2001:db8::/32 (table 254)",
+                "gateway of route 2001:db8:1::/48 (table 254)"
+            ]
+        );
+        for dst in ["2001:db8:1::/48", "2001::/16"] {
+            let Change::Route(r) = route(dst, "fdc0:3489:e0fd::") else { unreachable!() };
+            m.apply(Change::RouteGone(r), &mut vec![]);
+        }
+        m.apply(Change::Forwarding { v6: true, scope: ConfScope::Iface(2), value: 1 }, &mut vec![]);
+        m.apply(Change::Forwarding { v6: true, scope: ConfScope::Iface(3), value: 1 }, &mut vec![]);
+        let ctx =
+            Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers, hairpin_filters: &Default::default() };
+        assert_eq!(remediation_ifaces(&ctx), vec!["vmif".to_string()]);
+        assert_eq!(remediation_ifaces(&ctx), stage_ifaces(&ctx));
+        // The route goes: nothing left to remediate.
+        let Change::Route(r) = route("2001:db8::/32", "fdc0:3489:e0fd::") else { unreachable!() };
+        m.apply(Change::RouteGone(r), &mut vec![]);
+        let ctx =
+            Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers, hairpin_filters: &Default::default() };
+        assert!(remediation_ifaces(&ctx).is_empty());
+        assert!(stage_ifaces(&ctx).is_empty());
+        // A nexthop object's gateway, and a peer, count the same way; an
+        // address on `other` adds `other`.
+        m.apply(
+            Change::Nexthop(Nexthop {
+                id: 7,
+                family: 10,
+                protocol: 11,
+                oif: Some(2),
+                gateway: Some("fdc0:3489:e0fd::".parse().unwrap()),
+                blackhole: false,
+                group: vec![],
+                resilient: None,
+            }),
+            &mut vec![],
+        );
+        m.apply(
+            Change::Address(Address {
+                key: AddressKey { ifindex: 3, address: "fdc0:1::9".parse().unwrap(), prefix_len: 64 },
+                flags: 0,
+                scope: 0,
+            }),
+            &mut vec![],
+        );
+        let (_, peers) = lab("fdc0:1::");
+        let ctx =
+            Context { model: &m, flows: &flows, kernel: &FACTS, peers: &peers, hairpin_filters: &Default::default() };
+        assert_eq!(remediation_ifaces(&ctx), vec!["other".to_string(), "vmif".to_string()]);
+        assert_eq!(remediation_ifaces(&ctx), stage_ifaces(&ctx));
     }
 
     #[test]

@@ -59,8 +59,16 @@ pub enum Change {
     },
     /// A fresh read of the sysctls from /proc/sys.
     Sysctls(Sysctls),
-    /// A fresh poll of the established TCP sockets.
+    /// A fresh poll of the established TCP sockets (the whole set).
     Sockets(Vec<TcpSocket>),
+    /// What changed in the established TCP sockets since the previous
+    /// change of them (see [`SocketPolls`]).
+    SocketDelta {
+        /// New sockets, or sockets whose attributes changed.
+        upserts: Vec<TcpSocket>,
+        /// Sockets that closed.
+        gone: Vec<(SocketAddr, SocketAddr)>,
+    },
 }
 
 /// Kind of model object an [`Applied`] refers to.
@@ -96,6 +104,237 @@ pub struct Model {
     pub sysctls: Sysctls,
     /// Established TCP sockets by 4-tuple.
     pub sockets: HashMap<(SocketAddr, SocketAddr), TcpSocket>,
+    /// Recent changes that matter to the flow inventory, so that
+    /// [`flows::FlowTable::sync`] can work on what changed only.
+    pub changelog: ChangeLog,
+}
+
+/// Most route changes a [`ChangeLog`] keeps; a reader that falls further
+/// behind starts over (resolves every destination again).
+const CHANGELOG_ROUTES: usize = if cfg!(test) { 16 } else { 4096 };
+
+/// Most socket changes a [`ChangeLog`] keeps; a reader that falls further
+/// behind walks every socket.
+const CHANGELOG_SOCKETS: usize = if cfg!(test) { 32 } else { 16_384 };
+
+/// Changes that move where a destination resolves (route changes, by
+/// prefix), what the kernel answers for a flow (rules, addresses, links,
+/// nexthop objects, sysctls) and which sockets exist, recorded by
+/// [`Model::apply`] for readers that keep derived state, so that they need
+/// not walk everything on every poll.
+#[derive(Debug)]
+pub struct ChangeLog {
+    /// Identity of the model: a fresh one (a re-dump) is another.
+    id: u64,
+    /// Route changes.
+    routes: Log<(u32, ipnetwork::IpNetwork)>,
+    /// Bumped by every change that can change the kernel's route lookup
+    /// answer for flows whose route stays the same.
+    kernel: u64,
+    /// Sockets added, changed or removed.
+    sockets: Log<(SocketAddr, SocketAddr)>,
+}
+
+/// A bounded log of changed keys.
+#[derive(Debug)]
+struct Log<T> {
+    /// Sequence number of the latest entry.
+    seq: u64,
+    /// The latest entries: (seq, key).
+    recent: std::collections::VecDeque<(u64, T)>,
+    /// Entries up to this sequence number are not (all) in `recent`:
+    /// dropped for space, or not tied to a key (for routes: nexthop
+    /// objects, routes a link took with it).
+    horizon: u64,
+    cap: usize,
+}
+
+impl<T: Copy> Log<T> {
+    fn new(cap: usize) -> Self {
+        Log { seq: 0, recent: Default::default(), horizon: 0, cap }
+    }
+
+    fn push(&mut self, key: T) {
+        self.seq += 1;
+        if self.recent.len() >= self.cap {
+            if let Some((s, _)) = self.recent.pop_front() {
+                self.horizon = s;
+            }
+        }
+        self.recent.push_back((self.seq, key));
+    }
+
+    fn everything(&mut self) {
+        self.seq += 1;
+        self.horizon = self.seq;
+        self.recent.clear();
+    }
+
+    fn since(&self, seq: u64) -> Since<T> {
+        if seq == self.seq {
+            Since::Nothing
+        } else if seq < self.horizon {
+            Since::Everything
+        } else {
+            let newer = self.recent.iter().rev().take_while(|(s, _)| *s > seq);
+            Since::These(newer.map(|(_, k)| *k).collect())
+        }
+    }
+}
+
+static CHANGELOG_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Default for ChangeLog {
+    fn default() -> Self {
+        ChangeLog {
+            id: CHANGELOG_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            routes: Log::new(CHANGELOG_ROUTES),
+            kernel: 0,
+            sockets: Log::new(CHANGELOG_SOCKETS),
+        }
+    }
+}
+
+/// Where a reader of a [`ChangeLog`] stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeLogMark {
+    id: u64,
+    routes: u64,
+    kernel: u64,
+    sockets: u64,
+}
+
+/// What changed since a [`ChangeLogMark`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Since<T> {
+    /// Nothing.
+    Nothing,
+    /// These keys changed (newest first, maybe more than once each).
+    These(Vec<T>),
+    /// Too much or unknown: anything may have changed.
+    Everything,
+}
+
+enum Noted {
+    None,
+    Route(u32, ipnetwork::IpNetwork),
+    /// Routes changed in ways not tied to one prefix; lookups may differ too.
+    RoutesAndKernel,
+    Kernel,
+}
+
+impl ChangeLog {
+    /// Where the changelog stands now.
+    pub fn mark(&self) -> ChangeLogMark {
+        ChangeLogMark { id: self.id, routes: self.routes.seq, kernel: self.kernel, sockets: self.sockets.seq }
+    }
+
+    /// Route changes (table, prefix) after `since` (`None`: a reader that
+    /// has seen nothing).
+    pub fn routes_since(&self, since: Option<ChangeLogMark>) -> Since<(u32, ipnetwork::IpNetwork)> {
+        match since.filter(|m| m.id == self.id) {
+            Some(m) => self.routes.since(m.routes),
+            None => Since::Everything,
+        }
+    }
+
+    /// Sockets added, changed or removed after `since`.
+    pub fn sockets_since(&self, since: Option<ChangeLogMark>) -> Since<(SocketAddr, SocketAddr)> {
+        match since.filter(|m| m.id == self.id) {
+            Some(m) => self.sockets.since(m.sockets),
+            None => Since::Everything,
+        }
+    }
+
+    /// Whether something other than a route changed after `since` that can
+    /// change the kernel's lookup answers (a fresh model counts as changed).
+    pub fn kernel_changed_since(&self, since: Option<ChangeLogMark>) -> bool {
+        since.is_none_or(|m| m.id != self.id || m.kernel != self.kernel)
+    }
+
+    fn note(&mut self, what: Noted) {
+        match what {
+            Noted::None => {}
+            Noted::Route(table, dst) => self.routes.push((table, dst)),
+            Noted::RoutesAndKernel => {
+                self.routes.everything();
+                self.kernel += 1;
+            }
+            Noted::Kernel => self.kernel += 1,
+        }
+    }
+}
+
+impl Noted {
+    fn of(c: &Change) -> Noted {
+        match c {
+            Change::Route(r) | Change::RouteGone(r) => Noted::Route(r.table, r.dst),
+            // A link going down or away takes routes with it; nexthop
+            // objects change the members of every route using them.
+            Change::Link(_) | Change::LinkGone(_) | Change::Nexthop(_) | Change::NexthopGone(_) => {
+                Noted::RoutesAndKernel
+            }
+            // Rules pick tables, addresses the source, forwarding whether
+            // the lookup avoids unreachable neighbours, sysctls the hash.
+            Change::Rule(_)
+            | Change::RuleGone(_)
+            | Change::Address(_)
+            | Change::AddressGone(_)
+            | Change::Forwarding { .. }
+            | Change::Sysctls(_) => Noted::Kernel,
+            // Sockets are noted one by one as they are applied.
+            Change::BridgePort(..)
+            | Change::Anycast(_)
+            | Change::AnycastGone(_)
+            | Change::Sockets(_)
+            | Change::SocketDelta { .. } => Noted::None,
+        }
+    }
+}
+
+/// Turns full socket polls into [`Change::SocketDelta`]s, off the core
+/// task: it keeps its own copy of the socket set, so that the core applies
+/// only what changed.
+///
+/// A sock_diag dump walks the kernel's global TCP hash bucket by bucket;
+/// sockets created or closed meanwhile (in any namespace) can make it skip
+/// one of ours. A socket therefore counts as closed only when two
+/// consecutive polls miss it, so a skipped flow keeps what is known about
+/// it (its observed member above all).
+#[derive(Default, Debug)]
+pub struct SocketPolls {
+    known: HashMap<(SocketAddr, SocketAddr), TcpSocket>,
+    missed_last: std::collections::HashSet<(SocketAddr, SocketAddr)>,
+}
+
+impl SocketPolls {
+    /// What a fresh poll changes (`None` when nothing did).
+    pub fn delta(&mut self, polled: Vec<TcpSocket>) -> Option<Change> {
+        let mut seen = std::collections::HashSet::with_capacity(polled.len());
+        let mut upserts = Vec::new();
+        for s in polled {
+            let k = s.key();
+            seen.insert(k);
+            if self.known.get(&k) != Some(&s) {
+                self.known.insert(k, s.clone());
+                upserts.push(s);
+            }
+        }
+        let mut missed_now = std::collections::HashSet::new();
+        let mut gone = Vec::new();
+        for k in self.known.keys().filter(|k| !seen.contains(*k)) {
+            if self.missed_last.contains(k) {
+                gone.push(*k);
+            } else {
+                missed_now.insert(*k);
+            }
+        }
+        for k in &gone {
+            self.known.remove(k);
+        }
+        self.missed_last = missed_now;
+        (!upserts.is_empty() || !gone.is_empty()).then_some(Change::SocketDelta { upserts, gone })
+    }
 }
 
 /// Result of a longest-prefix-match query with nexthop objects resolved.
@@ -125,10 +364,39 @@ fn applied(kind: Kind, op: &'static str, key: String) -> Option<Applied> {
     Some(Applied { kind, op, key })
 }
 
+impl Change {
+    /// A [`Change::SocketDelta`] in pieces of at most `max` sockets each;
+    /// any other change as it is. Applied in order, the pieces do what the
+    /// whole does.
+    pub fn split_sockets(self, max: usize) -> Vec<Change> {
+        let max = max.max(1);
+        match self {
+            Change::SocketDelta { upserts, gone } if upserts.len() + gone.len() > max => {
+                let mut out: Vec<Change> = upserts
+                    .chunks(max)
+                    .map(|c| Change::SocketDelta { upserts: c.to_vec(), gone: Vec::new() })
+                    .collect();
+                out.extend(gone.chunks(max).map(|c| Change::SocketDelta { upserts: Vec::new(), gone: c.to_vec() }));
+                out
+            }
+            other => vec![other],
+        }
+    }
+}
+
 impl Model {
     /// Applies one change and reports what it did (`None` when nothing
     /// changed). `events` receives one entry per changed object.
     pub fn apply(&mut self, change: Change, events: &mut Vec<Applied>) {
+        let before = events.len();
+        let noted = Noted::of(&change);
+        self.apply_change(change, events);
+        if events.len() > before {
+            self.changelog.note(noted);
+        }
+    }
+
+    fn apply_change(&mut self, change: Change, events: &mut Vec<Applied>) {
         match change {
             Change::Link(mut link) => {
                 let went_down = self.links.get(&link.ifindex).is_some_and(|o| o.is_up()) && !link.is_up();
@@ -289,6 +557,7 @@ impl Model {
                 let mut fresh: HashMap<_, _> = list.into_iter().map(|s| (s.key(), s)).collect();
                 for (k, _) in self.sockets.iter().filter(|(k, _)| !fresh.contains_key(*k)) {
                     events.extend(applied("socket", "remove", format!("tcp {} -> {}", k.0, k.1)));
+                    self.changelog.sockets.push(*k);
                 }
                 for (k, s) in fresh.iter() {
                     match self.sockets.get(k) {
@@ -296,10 +565,30 @@ impl Model {
                         Some(o) if o != s => {
                             events.extend(applied("socket", "update", format!("tcp {} -> {}", k.0, k.1)))
                         }
-                        _ => {}
+                        _ => continue,
                     }
+                    self.changelog.sockets.push(*k);
                 }
                 std::mem::swap(&mut self.sockets, &mut fresh);
+            }
+            Change::SocketDelta { upserts, gone } => {
+                for s in upserts {
+                    let k = s.key();
+                    match self.sockets.insert(k, s) {
+                        None => events.extend(applied("socket", "add", format!("tcp {} -> {}", k.0, k.1))),
+                        Some(o) if self.sockets.get(&k) != Some(&o) => {
+                            events.extend(applied("socket", "update", format!("tcp {} -> {}", k.0, k.1)))
+                        }
+                        _ => continue,
+                    }
+                    self.changelog.sockets.push(k);
+                }
+                for k in gone {
+                    if self.sockets.remove(&k).is_some() {
+                        events.extend(applied("socket", "remove", format!("tcp {} -> {}", k.0, k.1)));
+                        self.changelog.sockets.push(k);
+                    }
+                }
             }
         }
     }
@@ -768,5 +1057,93 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         let c = mk(&[1, 2]);
         assert_ne!(a.digest(), c.digest());
+    }
+
+    #[test]
+    fn the_changelog_names_route_changes_until_it_overflows() {
+        let mut m = Model::default();
+        let mut ev = vec![];
+        let start = m.changelog.mark();
+        assert_eq!(m.changelog.routes_since(None), Since::Everything);
+        assert_eq!(m.changelog.routes_since(Some(start)), Since::Nothing);
+        m.apply(Change::Route(route_via("2001:db8::/32", None, &[2, 3])), &mut ev);
+        // Identical again: nothing changed, nothing noted.
+        m.apply(Change::Route(route_via("2001:db8::/32", None, &[2, 3])), &mut ev);
+        let one = Since::These(vec![(TABLE_MAIN, "2001:db8::/32".parse().unwrap())]);
+        assert_eq!(m.changelog.routes_since(Some(start)), one);
+        assert!(!m.changelog.kernel_changed_since(Some(start)));
+        m.apply(Change::Forwarding { v6: true, scope: ConfScope::All, value: 1 }, &mut ev);
+        assert!(m.changelog.kernel_changed_since(Some(start)));
+        let mid = m.changelog.mark();
+        for i in 0..CHANGELOG_ROUTES as u32 {
+            m.apply(Change::Route(route_via(&format!("2001:db8:{i:x}::/48"), None, &[2])), &mut ev);
+        }
+        assert_eq!(m.changelog.routes_since(Some(start)), Since::Everything, "fell behind");
+        assert!(matches!(m.changelog.routes_since(Some(mid)), Since::These(v) if v.len() == CHANGELOG_ROUTES));
+        // Nexthop objects move members of routes not named: everything.
+        let late = m.changelog.mark();
+        m.apply(Change::NexthopGone(7), &mut ev);
+        assert_eq!(m.changelog.routes_since(Some(late)), Since::Nothing, "no such object: nothing changed");
+        let nh = Nexthop {
+            id: 7,
+            family: 10,
+            protocol: 11,
+            oif: Some(2),
+            gateway: None,
+            blackhole: false,
+            group: vec![],
+            resilient: None,
+        };
+        m.apply(Change::Nexthop(nh), &mut ev);
+        assert_eq!(m.changelog.routes_since(Some(late)), Since::Everything, "members of routes not named");
+        // Another model (a re-dump) is everything, whatever its counters.
+        assert_eq!(Model::default().changelog.routes_since(Some(late)), Since::Everything);
+    }
+
+    #[test]
+    fn socket_polls_become_deltas_and_a_socket_goes_when_missed_twice() {
+        let s = |port: u16, mark: Option<u32>| TcpSocket {
+            local: format!("[fd00::1]:{port}").parse().unwrap(),
+            remote: "[fd00::2]:179".parse().unwrap(),
+            bound_ifindex: 0,
+            mark,
+            inode: 1,
+            uid: 0,
+        };
+        let mut polls = SocketPolls::default();
+        let mut m = Model::default();
+        let mut ev = vec![];
+        let mut poll = |list: Vec<TcpSocket>, m: &mut Model| {
+            let mark = m.changelog.mark();
+            if let Some(c) = polls.delta(list) {
+                m.apply(c, &mut ev);
+            }
+            let mut ports: Vec<u16> = m.sockets.keys().map(|k| k.0.port()).collect();
+            ports.sort();
+            let changed = match m.changelog.sockets_since(Some(mark)) {
+                Since::These(v) => v.len(),
+                Since::Nothing => 0,
+                Since::Everything => usize::MAX,
+            };
+            (ports, changed)
+        };
+        assert_eq!(poll(vec![s(1, None), s(2, None)], &mut m), (vec![1, 2], 2));
+        assert_eq!(poll(vec![s(1, None), s(2, None)], &mut m), (vec![1, 2], 0), "nothing changed");
+        assert_eq!(poll(vec![s(1, Some(5))], &mut m), (vec![1, 2], 1), "2 missed once: kept; 1 changed");
+        assert_eq!(poll(vec![s(1, Some(5)), s(2, None)], &mut m), (vec![1, 2], 0), "2 is back");
+        assert_eq!(poll(vec![s(1, Some(5))], &mut m), (vec![1, 2], 0));
+        assert_eq!(poll(vec![s(1, Some(5))], &mut m), (vec![1], 1), "missed twice: gone");
+        // Big deltas are applied in pieces; together they do the same.
+        let mut one = SocketPolls::default();
+        let whole = one.delta((10..17).map(|p| s(p, None)).collect()).unwrap();
+        let pieces = whole.clone().split_sockets(3);
+        assert_eq!(pieces.len(), 3);
+        let (mut a, mut b) = (Model::default(), Model::default());
+        a.apply(whole, &mut ev);
+        for p in pieces {
+            b.apply(p, &mut ev);
+        }
+        let keys = |m: &Model| m.sockets.keys().copied().collect::<BTreeSet<_>>();
+        assert_eq!(keys(&a), keys(&b));
     }
 }

@@ -7,9 +7,9 @@
 //! it unique. The trie itself (prefix-trie's tree bitmap) costs ~12 bytes per
 //! prefix.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use prefix_trie::PrefixMap;
@@ -69,6 +69,23 @@ pub struct Route {
     pub attrs: RouteAttrs,
 }
 
+#[cfg(test)]
+impl Route {
+    /// A main-table unicast route (metric 1024, proto boot) for tests.
+    pub(crate) fn test_unicast(dst: &str, nexthops: Vec<NextHop>) -> Route {
+        Route {
+            table: TABLE_MAIN,
+            dst: dst.parse().unwrap(),
+            tos: 0,
+            metric: 1024,
+            kind: 1,
+            protocol: 3,
+            scope: 0,
+            attrs: RouteAttrs { nexthops, ..Default::default() },
+        }
+    }
+}
+
 impl Route {
     /// A short human description used in events and logs.
     pub fn key_string(&self) -> String {
@@ -114,6 +131,11 @@ struct AttrPool {
     slots: Vec<Option<(Arc<RouteAttrs>, u32)>>,
     index: HashMap<Arc<RouteAttrs>, u32>,
     free: Vec<u32>,
+    /// Gateway address -> number of member entries naming it, over the
+    /// live sets. Kept in step as sets are created and freed, so "does any
+    /// route use gateway X" costs one hash lookup, whatever the number of
+    /// routes or sets.
+    gateways: HashMap<IpAddr, u32>,
 }
 
 impl AttrPool {
@@ -123,6 +145,9 @@ impl AttrPool {
                 *rc += 1;
             }
             return id;
+        }
+        for g in attrs.nexthops.iter().filter_map(|n| n.gateway) {
+            *self.gateways.entry(g).or_default() += 1;
         }
         let attrs = Arc::new(attrs);
         let id = match self.free.pop() {
@@ -151,6 +176,14 @@ impl AttrPool {
         if drop_it {
             if let Some((attrs, _)) = slot.take() {
                 self.index.remove(&attrs);
+                for g in attrs.nexthops.iter().filter_map(|n| n.gateway) {
+                    if let Some(n) = self.gateways.get_mut(&g) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.gateways.remove(&g);
+                        }
+                    }
+                }
             }
             self.free.push(id);
         }
@@ -186,6 +219,39 @@ pub struct RouteTables {
     pool: AttrPool,
     count_v4: usize,
     count_v6: usize,
+    /// The routes of each gateway asked about with
+    /// [`RouteTables::routes_via`]: filled by one walk at the first
+    /// question, then kept in step by every upsert and remove. Only a few
+    /// gateways are ever asked about (Subnet-Router anycast addresses that
+    /// routes use), so this stays small. Behind a lock because a question
+    /// (`&self`) may fill it.
+    via: Mutex<HashMap<IpAddr, RoutesVia>>,
+}
+
+/// The routes naming one gateway: (table, prefix) -> number of members
+/// naming it (several routes can share a prefix, with other metrics).
+type RoutesVia = BTreeMap<(u32, IpNetwork), u32>;
+
+/// Beyond this many watched gateways, those without routes are forgotten.
+const MAX_WATCHED_GATEWAYS: usize = 256;
+
+/// Counts (`up`) or uncounts the route `(table, dst)` with `attrs` for each
+/// of its gateways that is watched.
+fn track(via: &mut HashMap<IpAddr, RoutesVia>, table: u32, dst: IpNetwork, attrs: &RouteAttrs, up: bool) {
+    if via.is_empty() {
+        return;
+    }
+    for g in attrs.nexthops.iter().filter_map(|n| n.gateway) {
+        let Some(routes) = via.get_mut(&g) else { continue };
+        if up {
+            *routes.entry((table, dst)).or_default() += 1;
+        } else if let Some(n) = routes.get_mut(&(table, dst)) {
+            *n -= 1;
+            if *n == 0 {
+                routes.remove(&(table, dst));
+            }
+        }
+    }
 }
 
 /// What an upsert or remove did, for change events.
@@ -268,6 +334,8 @@ impl RouteTables {
         route.dst = normalize(route.dst);
         let table = self.tables.entry(route.table).or_default();
         let pool = &mut self.pool;
+        let via = self.via.get_mut().unwrap_or_else(|e| e.into_inner());
+        let (tid, dst) = (route.table, route.dst);
         let slot = match route.dst {
             IpNetwork::V4(n) => table.v4.get_mut(&n),
             IpNetwork::V6(n) => table.v6.get_mut(&n),
@@ -283,6 +351,8 @@ impl RouteTables {
                 {
                     return RouteOp::Unchanged;
                 }
+                track(via, tid, dst, &route.attrs, true);
+                track(via, tid, dst, pool.get(old.attrs), false);
                 let entry = Self::entry(pool, route);
                 pool.release(old.attrs);
                 match slot {
@@ -292,6 +362,7 @@ impl RouteTables {
                 return RouteOp::Updated;
             }
             let is_v4 = route.dst.is_ipv4();
+            track(via, tid, dst, &route.attrs, true);
             let entry = Self::entry(pool, route);
             match slot {
                 Slot::One(e) => *slot = Slot::Many(Box::new(vec![*e, entry])),
@@ -300,7 +371,7 @@ impl RouteTables {
             self.bump(is_v4, true);
             return RouteOp::Added;
         }
-        let dst = route.dst;
+        track(via, tid, dst, &route.attrs, true);
         let entry = Self::entry(pool, route);
         match dst {
             IpNetwork::V4(n) => {
@@ -344,6 +415,7 @@ impl RouteTables {
             return RouteOp::Missing;
         };
         let pool = &mut self.pool;
+        let via = self.via.get_mut().unwrap_or_else(|e| e.into_inner());
         let slot = match dst {
             IpNetwork::V4(n) => table.v4.get_mut(&n),
             IpNetwork::V6(n) => table.v6.get_mut(&n),
@@ -367,6 +439,8 @@ impl RouteTables {
             if rest.len() < stored.nexthops.len() && !rest.is_empty() {
                 let mut attrs = stored.clone();
                 attrs.nexthops = rest;
+                track(via, route.table, dst, &attrs, true);
+                track(via, route.table, dst, stored, false);
                 let id = pool.intern(attrs);
                 pool.release(old.attrs);
                 let e = Entry { attrs: id, ..old };
@@ -377,6 +451,7 @@ impl RouteTables {
                 return RouteOp::MemberRemoved;
             }
         }
+        track(via, route.table, dst, stored, false);
         pool.release(old.attrs);
         let now_empty = match slot {
             Slot::One(_) => true,
@@ -477,6 +552,35 @@ impl RouteTables {
         self.pool.slots.iter().filter_map(|s| s.as_ref().map(|(a, _)| a.as_ref()))
     }
 
+    /// Whether any route (in any table) has a member with gateway `gw`.
+    /// One hash lookup: the pool keeps a gateway index in step with its
+    /// sets, so this does not depend on the number of routes.
+    pub fn uses_gateway(&self, gw: IpAddr) -> bool {
+        self.pool.gateways.contains_key(&gw)
+    }
+
+    /// For each of `gws`, the routes `(table, prefix)` with a member via it,
+    /// in [`RouteTables::for_each_raw`] order (table, IPv4 before IPv6,
+    /// prefix). The first question about a gateway that routes use walks
+    /// the routes once; from then on upsert and remove keep the answer in
+    /// step, so asking again does not depend on the number of routes.
+    pub fn routes_via(&self, gws: &BTreeSet<IpAddr>) -> BTreeMap<IpAddr, Vec<(u32, IpNetwork)>> {
+        let mut via = self.via.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fill: HashMap<IpAddr, RoutesVia> = gws
+            .iter()
+            .filter(|g| self.uses_gateway(**g) && !via.contains_key(*g))
+            .map(|g| (*g, RoutesVia::new()))
+            .collect();
+        if !fill.is_empty() {
+            if via.len() + fill.len() > MAX_WATCHED_GATEWAYS {
+                via.retain(|_, routes| !routes.is_empty());
+            }
+            self.for_each_raw(|table, dst, _, _, _, _, _, attrs| track(&mut fill, table, dst, attrs, true));
+            via.extend(fill);
+        }
+        gws.iter().map(|g| (*g, via.get(g).map(|r| r.keys().copied().collect()).unwrap_or_default())).collect()
+    }
+
     /// Ids of the tables that hold at least one route.
     pub fn table_ids(&self) -> Vec<u32> {
         self.tables.keys().copied().collect()
@@ -557,6 +661,86 @@ mod tests {
         assert_eq!(t.distinct_attr_sets(), 0);
         assert_eq!(t.count_v6(), 0);
         assert_eq!(t.iter().count(), 0);
+    }
+
+    #[test]
+    fn the_gateway_index_follows_adds_replaces_member_removals_and_removes() {
+        let mut t = RouteTables::default();
+        let g = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!t.uses_gateway(g("fe80::1")));
+        for i in 0..10u32 {
+            t.upsert(route(&format!("2001:db8:{i:x}::/48"), 1024, vec![nh("fe80::1", 2), nh("fe80::2", 3)]));
+        }
+        assert!(t.uses_gateway(g("fe80::1")) && t.uses_gateway(g("fe80::2")));
+        // One sibling leaves one route: the other routes still use it.
+        assert_eq!(t.remove(&route("2001:db8::/48", 1024, vec![nh("fe80::2", 3)])), RouteOp::MemberRemoved);
+        assert!(t.uses_gateway(g("fe80::2")));
+        // A replace moves the route to another gateway.
+        t.upsert(route("2001:db8::/48", 1024, vec![nh("fe80::9", 2)]));
+        assert!(t.uses_gateway(g("fe80::9")));
+        t.upsert(route("2001:db8::/48", 1024, vec![nh("fe80::1", 2)]));
+        assert!(!t.uses_gateway(g("fe80::9")), "freed with its last set");
+        for i in 1..10u32 {
+            t.remove(&route(&format!("2001:db8:{i:x}::/48"), 1024, vec![nh("fe80::1", 2), nh("fe80::2", 3)]));
+        }
+        assert!(t.uses_gateway(g("fe80::1")) && !t.uses_gateway(g("fe80::2")));
+        t.remove(&route("2001:db8::/48", 1024, vec![nh("fe80::1", 2)]));
+        assert!(!t.uses_gateway(g("fe80::1")));
+        assert_eq!(t.distinct_attr_sets(), 0);
+        t.upsert(route("10.0.0.0/8", 0, vec![nh("192.0.2.1", 2)]));
+        assert!(t.uses_gateway(g("192.0.2.1")));
+        t.clear();
+        assert!(!t.uses_gateway(g("192.0.2.1")));
+    }
+
+    #[test]
+    fn routes_via_a_gateway_match_a_walk_and_follow_changes_after_the_first_question() {
+        let mut t = RouteTables::default();
+        let g: IpAddr = "fdc0:1::".parse().unwrap();
+        let ask = |t: &RouteTables| -> Vec<String> {
+            t.routes_via(&BTreeSet::from([g]))[&g].iter().map(|(tb, d)| format!("{d} {tb}")).collect()
+        };
+        let walk = |t: &RouteTables| -> Vec<String> {
+            let mut out = Vec::new();
+            t.for_each_raw(|tb, d, _, _, _, _, _, a| {
+                if a.nexthops.iter().any(|n| n.gateway == Some(g)) && out.last() != Some(&format!("{d} {tb}")) {
+                    out.push(format!("{d} {tb}"));
+                }
+            });
+            out
+        };
+        assert!(ask(&t).is_empty());
+        for i in 0..50u32 {
+            t.upsert(route(&format!("2001:db9:{i:x}::/64"), 1024, vec![nh("fdc0:1::2", 2)]));
+        }
+        t.upsert(route("2001:db8::/32", 1024, vec![nh("fdc0:1::", 2)]));
+        t.upsert(route("2001:db8::/48", 1024, vec![nh("fdc0:1::", 2), nh("fe80::1", 3)]));
+        assert_eq!(ask(&t), vec!["2001:db8::/32 254", "2001:db8::/48 254"]);
+        // Kept in step from here on, in walk order.
+        t.upsert(route("2001:db8::/16", 1024, vec![nh("fdc0:1::", 2)]));
+        let mut other = route("2001:db8::/32", 1024, vec![nh("fdc0:1::", 2)]);
+        other.table = 100;
+        t.upsert(other);
+        let mut v4 = route("10.0.0.0/8", 0, vec![nh("fdc0:1::", 2)]);
+        v4.table = 100;
+        t.upsert(v4);
+        // A second route at the same prefix (another metric).
+        t.upsert(route("2001:db8::/32", 10, vec![nh("fdc0:1::", 2)]));
+        assert_eq!(ask(&t), walk(&t));
+        assert_eq!(
+            ask(&t),
+            vec!["10.0.0.0/8 100", "2001:db8::/32 100", "2001::/16 254", "2001:db8::/32 254", "2001:db8::/48 254"]
+        );
+        t.remove(&route("2001:db8::/32", 10, vec![nh("fdc0:1::", 2)]));
+        assert!(ask(&t).contains(&"2001:db8::/32 254".to_string()), "the other metric is still there");
+        t.remove(&route("2001:db8::/32", 1024, vec![nh("fdc0:1::", 2)]));
+        // One member leaves, then the route moves to another gateway.
+        assert_eq!(t.remove(&route("2001:db8::/48", 1024, vec![nh("fdc0:1::", 2)])), RouteOp::MemberRemoved);
+        t.upsert(route("2001:db8::/16", 1024, vec![nh("fdc0:1::2", 2)]));
+        assert_eq!(ask(&t), walk(&t));
+        assert_eq!(ask(&t), vec!["10.0.0.0/8 100", "2001:db8::/32 100"]);
+        t.clear();
+        assert!(ask(&t).is_empty());
     }
 
     #[test]
