@@ -260,3 +260,36 @@ fn ipv4_is_not_flagged_and_does_not_break() {
     lab.replace_by_hand();
     assert_eq!(h.check(), Vec::<u64>::new());
 }
+
+#[test]
+fn an_ipv6_address_add_is_vetoed_and_breaks_exactly_the_predicted_flows() {
+    // field-notes: an IPv6 address added on a member interface invalidates
+    // cached IPv6 routes; measured here, the flows move when duplicate
+    // address detection completes, and not at all with `nodad`.
+    let lab = EcmpLab::new("ecG", true, 1);
+    let d = start_guard(&lab, "veto");
+    let mut h = lab.holder();
+    h.open(FLOWS);
+    wait_flows_known_in(&lab, &d, FLOWS);
+    let predicted = at_risk_ports(&d);
+    assert!(!predicted.is_empty(), "under L4 hashing some flows must be armed");
+    // With nodad: nothing to fear; the guard applies it that way.
+    let v = d.json(&["propose", "--address-add", "fd00:98::1/64 dev rgr1 nodad"]);
+    assert_eq!((v["verdict"].as_str(), v["outcome"].as_str()), (Some("allow"), Some("applied")), "{v}");
+    std::thread::sleep(slow(Duration::from_secs(3)));
+    assert_eq!(h.check(), Vec::<u64>::new(), "an address added with nodad moved flows");
+    // With DAD: vetoed, predicting the flows at risk.
+    let o = d.cli(&["propose", "--address-add", "fd00:99::1/64 dev rgr1"], true);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["verdict"].as_str(), o.status.code()), (Some("veto"), Some(1)), "{v}");
+    let predicted = at_risk_ports(&d);
+    assert_eq!(v["findings"][0]["breaks"].as_u64(), Some(predicted.len() as u64), "{v}");
+    assert!(h.check().is_empty(), "a vetoed change must not touch the flows");
+    // Done by hand, the kernel breaks exactly the predicted flows once DAD
+    // completes.
+    lab.r.ip(&["-6", "addr", "add", "fd00:99::1/64", "dev", "rgr1"]);
+    std::thread::sleep(slow(Duration::from_secs(3)));
+    let broken: BTreeSet<u64> = h.check().into_iter().collect();
+    eprintln!("predicted {}, broken {}", predicted.len(), broken.len());
+    assert_eq!(broken, predicted);
+}

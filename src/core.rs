@@ -1065,6 +1065,15 @@ impl Invalidation {
         match c {
             Change::Route(r) | Change::RouteGone(r) => Invalidation::Route { table: r.table, dst: r.dst },
             Change::Rule(r) | Change::RuleGone(r) => Invalidation::Family { v6: r.family == 6 },
+            // Measured (integration/ecmp.rs): an IPv6 address moves flows
+            // when its duplicate address detection completes, not while it
+            // is tentative, and not at all when added with nodad.
+            Change::Address(a)
+                if a.key.address.is_ipv6()
+                    && a.flags & (crate::model::objects::IFA_F_TENTATIVE | crate::model::objects::IFA_F_NODAD) != 0 =>
+            {
+                Invalidation::None
+            }
             Change::Address(a) => Invalidation::Family { v6: a.key.address.is_ipv6() },
             Change::AddressGone(k) => Invalidation::Family { v6: k.address.is_ipv6() },
             Change::Nexthop(_) | Change::NexthopGone(_) => Invalidation::Nexthops,
@@ -1982,9 +1991,9 @@ async fn apply_intent(
             vtysh.run(&["configure terminal", line]).await.map_err(|e| format!("FRR refused `{line}`: {e}"))?;
             notes.push(format!("FRR: {line}"));
         }
-        Intent::AddressAdd { address, dev } => {
+        Intent::AddressAdd { address, dev, nodad } => {
             let names = writer::link_names().await.map_err(|e| e.to_string())?;
-            writer::address_add(*address, dev, &names).await.map_err(|e| e.to_string())?;
+            writer::address_add(*address, dev, *nodad, &names).await.map_err(|e| e.to_string())?;
             notes.push(format!("address {address} added on {dev}"));
         }
         Intent::FrrConfig { text, diff } => {

@@ -275,6 +275,35 @@ impl Detector for EcmpRehash {
                 }
                 out
             }
+            // field-notes: an IPv6 address added anywhere invalidates every
+            // cached IPv6 route (22 of 60 flows moved when one was added on
+            // a member interface). Measured here (integration/ecmp.rs): the
+            // flows move when duplicate address detection completes; added
+            // with `nodad`, none moved. The guard must not be the trigger.
+            Intent::AddressAdd { address, dev, nodad: false } if address.is_ipv6() => {
+                let moved: Vec<&Flow> = ctx
+                    .flows
+                    .maybe_armed_where(|f| f.is_v6())
+                    .into_iter()
+                    .filter(|f| f.armed(affected(ctx, f)))
+                    .collect();
+                if moved.is_empty() {
+                    return Vec::new();
+                }
+                vec![Finding {
+                    hazard: NAME,
+                    severity: Severity::Critical,
+                    summary: format!(
+                        "adding {address} to {dev} invalidates every cached IPv6 route and moves {} established \
+                         flow(s) to another member; flows to anycast destinations die with RST",
+                        moved.len()
+                    ),
+                    breaks: moved.len(),
+                    evidence: moved.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
+                    mitigations: mitigations(),
+                    stage: None,
+                }]
+            }
             other => {
                 let mut out = Vec::new();
                 for (key, value) in other.effective_sysctls() {

@@ -321,7 +321,7 @@ impl Detector for TunnelLocalRemote {
 
     fn evaluate(&self, ctx: &Context<'_>, intent: &Intent) -> Vec<Finding> {
         match intent {
-            Intent::AddressAdd { address, dev } => {
+            Intent::AddressAdd { address, dev, .. } => {
                 let added = address.ip();
                 tunnels(ctx.model)
                     .filter(|(_, _, remote)| *remote == added && why_local(ctx.model, *remote).is_none())

@@ -104,14 +104,25 @@ pub async fn route_replace(spec: &RouteSpec, ifindex_of: &HashMap<String, u32>) 
     result
 }
 
-/// Adds an address to an interface, like `ip addr add ADDR/LEN dev IF`.
-pub async fn address_add(address: IpNetwork, dev: &str, ifindex_of: &HashMap<String, u32>) -> Result<(), WriteError> {
+/// Adds an address to an interface, like `ip addr add ADDR/LEN dev IF
+/// [nodad]`.
+pub async fn address_add(
+    address: IpNetwork,
+    dev: &str,
+    nodad: bool,
+    ifindex_of: &HashMap<String, u32>,
+) -> Result<(), WriteError> {
     let index = ifindex_of.get(dev).copied().ok_or_else(|| WriteError::NoSuchInterface(dev.to_string()))?;
     let fail = |reason: String| WriteError::Route { dst: address.to_string(), reason };
     let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| fail(e.to_string()))?;
     let task = tokio::spawn(conn);
-    let r =
-        handle.address().add(index, address.ip(), address.prefix()).execute().await.map_err(|e| fail(e.to_string()));
+    let mut req = handle.address().add(index, address.ip(), address.prefix());
+    if nodad {
+        use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+        req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    let r = req.execute().await.map_err(|e| fail(e.to_string()));
     task.abort();
     r
 }

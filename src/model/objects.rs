@@ -15,6 +15,8 @@ pub const IFF_UP: u32 = 0x1;
 pub const IFA_F_DADFAILED: u32 = 0x08;
 /// IFA_F_TENTATIVE: duplicate address detection still running.
 pub const IFA_F_TENTATIVE: u32 = 0x40;
+/// IFA_F_NODAD: added without duplicate address detection.
+pub const IFA_F_NODAD: u32 = 0x02;
 
 /// A network interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

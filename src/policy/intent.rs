@@ -33,12 +33,15 @@ pub enum Intent {
         /// On or off.
         on: bool,
     },
-    /// `ip addr add ADDR/LEN dev IF`.
+    /// `ip addr add ADDR/LEN dev IF [nodad]`.
     AddressAdd {
         /// The address with its prefix length (host bits kept).
         address: IpNetwork,
         /// Interface name.
         dev: String,
+        /// IPv6 without duplicate address detection (IFA_F_NODAD).
+        #[serde(default)]
+        nodad: bool,
     },
     /// Create an IP tunnel, or change an existing one's ends:
     /// `ip link add|set NAME type KIND remote ADDR [local ADDR]`.
@@ -264,8 +267,13 @@ pub fn parse_address_add(text: &str) -> Result<Intent, IntentError> {
     if address.ip().is_unspecified() || address.ip().is_multicast() {
         return Err(bad(W, format!("`{first}` cannot be an interface address")));
     }
-    let dev = dev_clause(W, toks, "ADDR/LEN dev IF")?;
-    Ok(Intent::AddressAdd { address, dev })
+    let rest: Vec<&str> = toks.collect();
+    let nodad = rest.contains(&"nodad");
+    if nodad && address.is_ipv4() {
+        return Err(bad(W, "`nodad` is for IPv6 addresses"));
+    }
+    let dev = dev_clause(W, rest.into_iter().filter(|t| *t != "nodad"), "ADDR/LEN dev IF [nodad]")?;
+    Ok(Intent::AddressAdd { address, dev, nodad })
 }
 
 /// The rest of `--address-add` / `--local-route`: exactly one `dev IF`
@@ -512,14 +520,14 @@ mod tests {
     #[test]
     fn address_add_forms() {
         let i = parse_address_add("10.0.0.1/24 dev eth0").unwrap();
-        assert_eq!(i, Intent::AddressAdd { address: "10.0.0.1/24".parse().unwrap(), dev: "eth0".into() });
+        assert_eq!(i, Intent::AddressAdd { address: "10.0.0.1/24".parse().unwrap(), dev: "eth0".into(), nodad: false });
         // Host bits are kept: the address is what matters.
         let Intent::AddressAdd { address, .. } = &i else { unreachable!() };
         assert_eq!(address.ip().to_string(), "10.0.0.1");
         assert_eq!(address.prefix(), 24);
         assert_eq!(
             parse_address_add(" fd00::5  dev lo ").unwrap(),
-            Intent::AddressAdd { address: "fd00::5/128".parse().unwrap(), dev: "lo".into() }
+            Intent::AddressAdd { address: "fd00::5/128".parse().unwrap(), dev: "lo".into(), nodad: false }
         );
         assert!(parse_address_add("10.0.0.1/24 dev eth0").unwrap().effective_sysctls().is_empty());
     }
