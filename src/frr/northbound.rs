@@ -121,8 +121,8 @@ impl Northbound {
         for (daemon, url) in cfg.endpoints() {
             let endpoint = Endpoint::from_shared(url.to_string())
                 .map_err(|e| NorthboundError { daemon: daemon.into(), reason: e.to_string() })?
+                // Calls are bounded by `with_timeout`, which names the call.
                 .connect_timeout(cfg.timeout)
-                .timeout(cfg.timeout)
                 .tcp_nodelay(true);
             let client = NorthboundClient::new(endpoint.connect_lazy());
             upstreams.insert(daemon.to_string(), Upstream { daemon: daemon.into(), url: url.into(), client });
@@ -288,24 +288,20 @@ impl Northbound {
         self.set_state(daemon, "up".into());
         let mut seen_commits = self.commits(daemon);
         loop {
+            // FRR 8.4 answers a path without configuration with the whole
+            // tree, so the paths' lines are merged and diffed once.
+            let mut lines = BTreeSet::new();
             let mut failed = None;
             let mut dropped = Vec::new();
             for path in &paths {
                 match self.get(daemon, pb::get_request::DataType::Config, vec![path.clone()]).await {
-                    Ok(data) => {
-                        let lines = match flatten_all(&data) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                failed = Some(format!("Get {path}: {e}"));
-                                break;
-                            }
-                        };
-                        let commits = self.commits(daemon);
-                        if let Some(prev) = last.get(path) {
-                            self.report_diff(daemon, path, prev, &lines, commits != seen_commits);
+                    Ok(data) => match flatten_all(&data) {
+                        Ok(l) => lines.extend(l),
+                        Err(e) => {
+                            failed = Some(format!("Get {path}: {e}"));
+                            break;
                         }
-                        last.insert(path.clone(), lines);
-                    }
+                    },
                     // A module the daemon lists but cannot answer for.
                     Err(e) if matches!(e.code(), Code::InvalidArgument | Code::NotFound) => {
                         warn!(daemon, path = %path, error = %reason(&e), "FRR northbound: path not pollable; dropped");
@@ -317,11 +313,16 @@ impl Northbound {
                     }
                 }
             }
-            seen_commits = self.commits(daemon);
             paths.retain(|p| !dropped.contains(p));
             if let Some(why) = failed {
                 return (true, why);
             }
+            let commits = self.commits(daemon);
+            if let Some(prev) = last.get(daemon) {
+                self.report_diff(daemon, &paths.join(" "), prev, &lines, commits != seen_commits);
+            }
+            seen_commits = commits;
+            last.insert(daemon.to_string(), lines);
             // The proxy may have marked it down meanwhile; it answers again.
             self.set_state(daemon, "up".into());
             if paths.is_empty() {

@@ -74,6 +74,17 @@ struct Candidate {
     opaque: Option<String>,
 }
 
+/// A judged commit, as the core will apply it.
+#[derive(Clone)]
+struct Forward {
+    id: u32,
+    daemon: String,
+    upstream: u32,
+    phase: Phase,
+    comment: String,
+    edits: Vec<Edit>,
+}
+
 #[derive(Default)]
 struct State {
     next_id: u32,
@@ -292,21 +303,14 @@ impl Proxy {
         r
     }
 
-    fn apply_via(
-        &self,
-        id: u32,
-        daemon: String,
-        upstream: u32,
-        phase: Phase,
-        comment: String,
-        edits: Vec<Edit>,
-        slot: Arc<Mutex<Option<Result<pb::CommitResponse, Status>>>>,
-    ) -> ApplyVia {
+    /// How the core applies a judged commit: at once, the commit of the
+    /// candidate's mirror; once released from hold, a replay of its edits.
+    fn apply_via(&self, fwd: Forward, slot: Arc<Mutex<Option<Result<pb::CommitResponse, Status>>>>) -> ApplyVia {
         let proxy = self.clone();
         Arc::new(move |released: bool| {
-            let (proxy, daemon, comment, edits, slot) =
-                (proxy.clone(), daemon.clone(), comment.clone(), edits.clone(), slot.clone());
+            let (proxy, fwd, slot) = (proxy.clone(), fwd.clone(), slot.clone());
             Box::pin(async move {
+                let Forward { id, daemon, upstream, phase, comment, edits } = fwd;
                 let r = if released {
                     proxy.replay(&daemon, &edits, &comment).await
                 } else {
@@ -386,7 +390,8 @@ impl Proxy {
             }
         };
         let slot = Arc::new(Mutex::new(None));
-        let via = self.apply_via(id, daemon.clone(), upstream, phase, comment, c.edits.clone(), slot.clone());
+        let fwd = Forward { id, daemon: daemon.clone(), upstream, phase, comment, edits: c.edits.clone() };
+        let via = self.apply_via(fwd, slot.clone());
         let ask = ChangeAsk { intent, requester: format!("{REQUESTER} (candidate {id})"), apply_via: Some(via) };
         let outcome = self
             .core

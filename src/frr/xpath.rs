@@ -70,6 +70,16 @@ fn name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
 }
 
+/// Reads a node or key name (possibly module-prefixed).
+fn take_name(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>) -> String {
+    let mut name = String::new();
+    while let Some(&(_, c)) = chars.peek().filter(|(_, c)| name_char(*c)) {
+        name.push(c);
+        chars.next();
+    }
+    name
+}
+
 /// Parses an absolute schema/data path such as
 /// `/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd']`.
 pub fn parse(path: &str) -> Result<Vec<Step>, XpathError> {
@@ -88,28 +98,14 @@ pub fn parse(path: &str) -> Result<Vec<Step>, XpathError> {
         if c != '/' {
             return Err(err(path, format!("expected `/` at byte {i}, found `{c}`")));
         }
-        let mut name = String::new();
-        while let Some(&(_, c)) = chars.peek() {
-            if !name_char(c) {
-                break;
-            }
-            name.push(c);
-            chars.next();
-        }
+        let name = take_name(&mut chars);
         if name.is_empty() || name.starts_with(':') || name.ends_with(':') || name.matches(':').count() > 1 {
             return Err(err(path, format!("step {} has no valid node name", steps.len() + 1)));
         }
         let mut keys = Vec::new();
         while let Some(&(_, '[')) = chars.peek() {
             chars.next();
-            let mut key = String::new();
-            while let Some(&(_, c)) = chars.peek() {
-                if !name_char(c) {
-                    break;
-                }
-                key.push(c);
-                chars.next();
-            }
+            let key = take_name(&mut chars);
             if key.is_empty() {
                 return Err(err(path, format!("empty key name in `{name}[...]`")));
             }
