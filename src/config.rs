@@ -81,6 +81,8 @@ pub struct Config {
     pub frr: FrrConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// The `frr.Northbound` proxy (off unless `listen` is set).
+    pub proxy: ProxyConfig,
     /// Hazard policies.
     pub hazards: crate::policy::HazardsConfig,
 }
@@ -100,6 +102,8 @@ pub struct FrrConfig {
     /// Longest one vtysh call may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// gRPC northbound endpoints, one per daemon.
+    pub northbound: NorthboundConfig,
 }
 
 impl Default for FrrConfig {
@@ -109,8 +113,163 @@ impl Default for FrrConfig {
             vty_socket_dir: PathBuf::from("/var/run/frr"),
             poll_interval: Duration::from_secs(2),
             timeout: Duration::from_secs(5),
+            northbound: NorthboundConfig::default(),
         }
     }
+}
+
+/// The FRR daemons that can load the gRPC module (`-M grpc:PORT`), i.e.
+/// the keys `[frr.northbound]` accepts besides its timings.
+pub const FRR_DAEMONS: &[&str] = &[
+    "zebra", "staticd", "bgpd", "ospfd", "ospf6d", "ripd", "ripngd", "isisd", "fabricd", "pimd", "pim6d", "ldpd",
+    "nhrpd", "eigrpd", "babeld", "sharpd", "pbrd", "bfdd", "vrrpd", "pathd",
+];
+
+/// `[frr.northbound]`: the gRPC endpoint of each FRR daemon loaded with
+/// `-M grpc:PORT` (FRR serves one `frr.Northbound` per daemon). A daemon
+/// without an endpoint is not watched and the proxy cannot reach it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NorthboundConfig {
+    /// zebra's endpoint, e.g. "http://[::1]:50051".
+    pub zebra: Option<String>,
+    /// staticd's endpoint, e.g. "http://[::1]:50052".
+    pub staticd: Option<String>,
+    /// bgpd's endpoint.
+    pub bgpd: Option<String>,
+    /// ospfd's endpoint.
+    pub ospfd: Option<String>,
+    /// ospf6d's endpoint.
+    pub ospf6d: Option<String>,
+    /// ripd's endpoint.
+    pub ripd: Option<String>,
+    /// ripngd's endpoint.
+    pub ripngd: Option<String>,
+    /// isisd's endpoint.
+    pub isisd: Option<String>,
+    /// fabricd's endpoint.
+    pub fabricd: Option<String>,
+    /// pimd's endpoint.
+    pub pimd: Option<String>,
+    /// pim6d's endpoint.
+    pub pim6d: Option<String>,
+    /// ldpd's endpoint.
+    pub ldpd: Option<String>,
+    /// nhrpd's endpoint.
+    pub nhrpd: Option<String>,
+    /// eigrpd's endpoint.
+    pub eigrpd: Option<String>,
+    /// babeld's endpoint.
+    pub babeld: Option<String>,
+    /// sharpd's endpoint.
+    pub sharpd: Option<String>,
+    /// pbrd's endpoint.
+    pub pbrd: Option<String>,
+    /// bfdd's endpoint.
+    pub bfdd: Option<String>,
+    /// vrrpd's endpoint.
+    pub vrrpd: Option<String>,
+    /// pathd's endpoint.
+    pub pathd: Option<String>,
+    /// How often each daemon's configuration is read (`Get`) and diffed:
+    /// FRR 8.4 has no working `Subscribe`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Longest one northbound call may take (connect included); the proxy
+    /// uses it for every upstream call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for NorthboundConfig {
+    fn default() -> Self {
+        NorthboundConfig {
+            zebra: None,
+            staticd: None,
+            bgpd: None,
+            ospfd: None,
+            ospf6d: None,
+            ripd: None,
+            ripngd: None,
+            isisd: None,
+            fabricd: None,
+            pimd: None,
+            pim6d: None,
+            ldpd: None,
+            nhrpd: None,
+            eigrpd: None,
+            babeld: None,
+            sharpd: None,
+            pbrd: None,
+            bfdd: None,
+            vrrpd: None,
+            pathd: None,
+            poll_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl NorthboundConfig {
+    /// The configured endpoints, `(daemon, url)`, in [`FRR_DAEMONS`] order.
+    pub fn endpoints(&self) -> Vec<(&'static str, &str)> {
+        let all = [
+            &self.zebra,
+            &self.staticd,
+            &self.bgpd,
+            &self.ospfd,
+            &self.ospf6d,
+            &self.ripd,
+            &self.ripngd,
+            &self.isisd,
+            &self.fabricd,
+            &self.pimd,
+            &self.pim6d,
+            &self.ldpd,
+            &self.nhrpd,
+            &self.eigrpd,
+            &self.babeld,
+            &self.sharpd,
+            &self.pbrd,
+            &self.bfdd,
+            &self.vrrpd,
+            &self.pathd,
+        ];
+        FRR_DAEMONS.iter().zip(all).filter_map(|(d, u)| u.as_deref().map(|u| (*d, u))).collect()
+    }
+}
+
+/// Checks one northbound endpoint: `http://HOST:PORT` (FRR's gRPC module
+/// is plaintext, so no `https`), nothing after the port.
+pub fn check_endpoint_url(url: &str) -> Result<(), String> {
+    let uri: tonic::transport::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(format!("`{url}`: FRR's gRPC module serves plaintext only; use http://")),
+        _ => return Err(format!("`{url}` must start with http://, e.g. http://[::1]:50052")),
+    }
+    if uri.host().unwrap_or_default().is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if uri.port_u16().is_none() {
+        return Err(format!("`{url}` has no port (FRR listens on the port given to -M grpc:PORT)"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+        return Err(format!("`{url}` must not have a path"));
+    }
+    Ok(())
+}
+
+/// `[proxy]`: routeguard serves `frr.Northbound` on `listen` and forwards
+/// to the daemon that owns each path, judging every commit first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address of the proxy, e.g. "[::1]:50100"; absent = proxy off.
+    pub listen: Option<SocketAddr>,
+    /// Allow a non-loopback `listen` address (the proxy is plaintext and
+    /// changes routing: keep it on loopback unless the network is trusted).
+    pub allow_remote: bool,
 }
 
 /// `[metrics]`: Prometheus text exposition over HTTP. Off unless `listen`
@@ -195,6 +354,7 @@ impl Default for Config {
             selftest: SelftestConfig::default(),
             frr: FrrConfig::default(),
             metrics: MetricsConfig::default(),
+            proxy: ProxyConfig::default(),
             hazards: crate::policy::HazardsConfig::default(),
         }
     }
@@ -342,6 +502,26 @@ impl Config {
         if self.frr.timeout.is_zero() {
             return Err("key `frr.timeout` must be more than 0".into());
         }
+        for (daemon, url) in self.frr.northbound.endpoints() {
+            check_endpoint_url(url).map_err(|e| format!("key `frr.northbound.{daemon}`: {e}"))?;
+        }
+        if self.frr.northbound.poll_interval < Duration::from_millis(100) {
+            return Err("key `frr.northbound.poll_interval` must be at least 100ms".into());
+        }
+        if self.frr.northbound.timeout < Duration::from_millis(10) {
+            return Err("key `frr.northbound.timeout` must be at least 10ms".into());
+        }
+        if let Some(a) = self.proxy.listen {
+            if self.frr.northbound.endpoints().is_empty() {
+                return Err("key `proxy.listen` needs at least one daemon endpoint in [frr.northbound]".into());
+            }
+            if !a.ip().is_loopback() && !self.proxy.allow_remote {
+                return Err(format!(
+                    "key `proxy.listen` = {a} is not a loopback address; set `proxy.allow_remote = true` to serve \
+                     the (plaintext) proxy off the host"
+                ));
+            }
+        }
         if self.selftest.connections == 0 || self.selftest.connections > 1000 {
             return Err("key `selftest.connections` must be between 1 and 1000".into());
         }
@@ -474,8 +654,15 @@ mod tests {
         let f = write(&uncommented);
         let c = Config::load(Some(f.path()), &[]).unwrap();
         // Optional listeners show example values, not defaults.
-        let expected = Config { api: c.api.clone(), metrics: c.metrics.clone(), ..Config::default() };
+        let mut expected =
+            Config { api: c.api.clone(), metrics: c.metrics.clone(), proxy: c.proxy.clone(), ..Config::default() };
+        expected.frr.northbound = NorthboundConfig {
+            poll_interval: expected.frr.northbound.poll_interval,
+            timeout: expected.frr.northbound.timeout,
+            ..c.frr.northbound.clone()
+        };
         assert_eq!(c, expected);
+        assert!(c.proxy.listen.is_some() && c.frr.northbound.staticd.is_some());
         assert!(c.api.listen.is_some() && c.api.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
         // Every known key appears in the example.
         for key in known_keys() {
@@ -487,6 +674,49 @@ mod tests {
                 "examples/routeguard.toml does not document `{key}`"
             );
         }
+    }
+
+    #[test]
+    fn northbound_endpoints_and_proxy() {
+        let f = write(
+            "[frr.northbound]\nzebra = \"http://[::1]:50051\"\nstaticd = \"http://127.0.0.1:50052\"\n\
+             [proxy]\nlisten = \"[::1]:50100\"\n",
+        );
+        let c = Config::load(Some(f.path()), &[]).unwrap();
+        assert_eq!(
+            c.frr.northbound.endpoints(),
+            vec![("zebra", "http://[::1]:50051"), ("staticd", "http://127.0.0.1:50052")]
+        );
+        assert_eq!(c.proxy.listen, Some("[::1]:50100".parse().unwrap()));
+
+        let f = write("[frr.northbound]\nospf7d = \"http://[::1]:1\"\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `frr.northbound.ospf7d`"), "{e}");
+
+        for (bad, why) in [
+            ("[::1]:50052", "must start with http://"),
+            ("https://[::1]:50052", "plaintext"),
+            ("http://[::1]", "no port"),
+            ("http://[::1]:50052/frr", "path"),
+            ("http://exa mple:1", "not a URL"),
+        ] {
+            let f = write(&format!("[frr.northbound]\nstaticd = \"{bad}\"\n"));
+            let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+            assert!(e.contains("key `frr.northbound.staticd`") && e.contains(why), "{bad}: {e}");
+        }
+        let e =
+            Config::load(None, &env(&[("ROUTEGUARD_FRR__NORTHBOUND__ZEBRA", "ftp://x:1")])).unwrap_err().to_string();
+        assert!(e.contains("frr.northbound.zebra") && e.contains("ROUTEGUARD_FRR__NORTHBOUND__ZEBRA"), "{e}");
+
+        let f = write("[proxy]\nlisten = \"[::1]:50100\"\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("proxy.listen") && e.contains("[frr.northbound]"), "{e}");
+        let f = write("[frr.northbound]\nstaticd = \"http://[::1]:50052\"\n[proxy]\nlisten = \"0.0.0.0:50100\"\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("proxy.allow_remote"), "{e}");
+        let f = write("[proxy]\nlisen = \"[::1]:50100\"\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `proxy.lisen`"), "{e}");
     }
 
     #[test]

@@ -164,7 +164,17 @@ pub struct ChangeAsk {
     pub intent: Intent,
     /// Who asks (audit log).
     pub requester: String,
+    /// Applies the change instead of the kernel writer (the FRR northbound
+    /// proxy forwards the commit it judged); `None` for the writer.
+    pub apply_via: Option<ApplyVia>,
 }
+
+/// Applies a change some other way than the kernel writer. Called with
+/// `true` when the change was held and is now released, `false` when it is
+/// applied at once; returns what was done, or why it failed.
+pub type ApplyVia = Arc<
+    dyn Fn(bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> + Send + Sync,
+>;
 
 /// What `Propose` did.
 #[derive(Clone, Debug, Serialize)]
@@ -410,6 +420,12 @@ fn resume_pending(r: &crate::journal::Replay, default_timeout: OnTimeout) -> Vec
         .iter()
         .filter_map(|(&id, res)| {
             let Record::Held { intent, plan, fields, on_timeout, requester, .. } = &res.held else { return None };
+            if requester.starts_with(crate::frr::proxy::REQUESTER) {
+                // Its commit lived in the proxy's memory: applying the intent
+                // through the kernel writer instead would bypass FRR.
+                warn!(change = id, requester = %requester, "held northbound commit not resumed after a restart");
+                return None;
+            }
             let plan = match (plan.as_str(), fields) {
                 ("stage_hash_fields", Some(f)) => Plan::StageHashFields(*f),
                 _ => Plan::Delay,
@@ -429,7 +445,7 @@ fn resume_pending(r: &crate::journal::Replay, default_timeout: OnTimeout) -> Vec
             };
             Some(Pending {
                 id,
-                ask: ChangeAsk { intent: intent.clone(), requester: requester.clone() },
+                ask: ChangeAsk { intent: intent.clone(), requester: requester.clone(), apply_via: None },
                 plan,
                 since: now,
                 deadline: now + res.remaining,
@@ -561,6 +577,8 @@ pub struct Core {
     hairpin_filters: BTreeSet<String>,
     /// Ports with a filter change in flight (stage or remediation).
     hairpin_busy: BTreeSet<String>,
+    /// How to apply changes that do not go through the kernel writer, by id.
+    apply_via: HashMap<u64, ApplyVia>,
 }
 
 /// Starts the monitor (subscribing before anything is dumped) and the core
@@ -651,6 +669,7 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         finding_labels: BTreeSet::new(),
         hairpin_filters: BTreeSet::new(),
         hairpin_busy: BTreeSet::new(),
+        apply_via: HashMap::new(),
     };
     core.settings.metrics.stale.set(1);
     for p in resumed {
@@ -1642,7 +1661,7 @@ impl Core {
         d
     }
 
-    fn propose(&mut self, ask: ChangeAsk, reply: oneshot::Sender<ProposeOutcome>) {
+    fn propose(&mut self, mut ask: ChangeAsk, reply: oneshot::Sender<ProposeOutcome>) {
         let decision = self.decide(&ask.intent);
         self.count_verdict(&decision);
         info!(
@@ -1666,11 +1685,20 @@ impl Core {
             let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome: "failed", message });
             return;
         }
+        if let Some(via) = ask.apply_via.take() {
+            self.apply_via.insert(id, via);
+        }
         match &decision.verdict {
             Verdict::Veto { .. } => {
-                self.vetoed.insert(id, ChangeAsk { intent: ask.intent.clone(), requester: ask.requester.clone() });
+                // `approve` applies it through `self.apply_via` when it has one.
+                self.vetoed.insert(
+                    id,
+                    ChangeAsk { intent: ask.intent.clone(), requester: ask.requester.clone(), apply_via: None },
+                );
                 while self.vetoed.len() > MAX_VETOED {
-                    self.vetoed.pop_first();
+                    if let Some((old, _)) = self.vetoed.pop_first() {
+                        self.apply_via.remove(&old);
+                    }
                 }
                 let message = format!("vetoed; `routeguard approve {id} --reason TEXT` applies it anyway");
                 let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome: "vetoed", message });
@@ -1780,6 +1808,7 @@ impl Core {
                     warn!(change = id, error = %e, "expiry not journaled; it will be judged again after a restart");
                 }
                 self.pending.remove(&id);
+                self.apply_via.remove(&id);
             }
         }
     }
@@ -1800,8 +1829,10 @@ impl Core {
         let tx = self.input_tx.clone();
         let root = self.settings.proc_sys.clone();
         let vtysh = self.settings.vtysh.clone();
+        // A held (or approved) change is released; otherwise it applies at once.
+        let via = self.apply_via.remove(&id).map(|v| (v, self.pending.contains_key(&id)));
         tokio::spawn(async move {
-            let result = apply_intent(&root, &vtysh, &intent, staging).await;
+            let result = apply_intent(&root, &vtysh, &intent, staging, via).await;
             match &result {
                 Ok(m) => info!(change = id, outcome = "applied", detail = %m, "change applied"),
                 Err(e) => warn!(change = id, outcome = "failed", error = %e, "change failed"),
@@ -1891,7 +1922,7 @@ impl Core {
                 id,
                 Pending {
                     id,
-                    ask: ChangeAsk { intent: intent.clone(), requester: who.clone() },
+                    ask: ChangeAsk { intent: intent.clone(), requester: who.clone(), apply_via: None },
                     plan: Plan::Delay,
                     since: Instant::now(),
                     deadline: Instant::now(),
@@ -1919,6 +1950,7 @@ impl Core {
         self.journal_append(Record::Cancel { change_id: id, who: who.clone(), reason: reason.clone() })
             .map_err(|e| format!("not cancelled: {e}"))?;
         let p = self.pending.remove(&id).expect("checked above");
+        self.apply_via.remove(&id);
         self.settings.metrics.pending.set(self.pending.len() as i64);
         info!(change = id, who = %who, reason = %reason, intent = ?p.ask.intent, "held change cancelled");
         Ok(format!("change {id} cancelled; nothing applied"))
@@ -1954,6 +1986,7 @@ async fn apply_intent(
     vtysh: &Vtysh,
     intent: &Intent,
     staging: Option<Staging>,
+    mut via: Option<(ApplyVia, bool)>,
 ) -> Result<String, String> {
     let mut notes = Vec::new();
     let stage_fields = match &staging {
@@ -1978,6 +2011,12 @@ async fn apply_intent(
         }
     }
     match intent {
+        // Someone else applies it (the northbound proxy forwards its commit).
+        _ if via.is_some() => {
+            if let Some((apply, released)) = via.take() {
+                notes.push(apply(released).await?);
+            }
+        }
         Intent::RouteReplace(spec) => {
             let names = writer::link_names().await.map_err(|e| e.to_string())?;
             writer::route_replace(spec, &names).await.map_err(|e| e.to_string())?;

@@ -412,9 +412,24 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     }
+    // FRR's gRPC northbound: watched when configured; the proxy on top.
+    let northbound = if cfg.frr.northbound.endpoints().is_empty() {
+        None
+    } else {
+        let nb = routeguard::frr::northbound::Northbound::new(&cfg.frr.northbound)?;
+        nb.spawn_pollers();
+        if let Some(listen) = cfg.proxy.listen {
+            let proxy = routeguard::frr::proxy::Proxy::new(nb.clone(), core.clone());
+            routeguard::frr::proxy::serve(listen, proxy, stopped(stop_rx.clone()))
+                .await
+                .with_context(|| format!("cannot listen for the northbound proxy on {listen} (key `proxy.listen`)"))?;
+        }
+        Some(nb.states())
+    };
     tokio::spawn(notify_systemd(core.clone()));
     tokio::spawn(handle_signals(core.clone(), config.clone(), socket, stop_tx));
-    routeguard::api::server::serve(&cfg, listener, core, routeguard::kernel_release(), stopped(stop_rx)).await?;
+    routeguard::api::server::serve(&cfg, listener, core, routeguard::kernel_release(), northbound, stopped(stop_rx))
+        .await?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("routeguard stopped");
     Ok(ExitCode::SUCCESS)
@@ -488,9 +503,11 @@ async fn handle_signals(
                                 || old.kernel != new.kernel
                                 || old.api != new.api
                                 || old.metrics != new.metrics
+                                || old.frr.northbound != new.frr.northbound
+                                || old.proxy != new.proxy
                                 || old.log_format != new.log_format;
                             if needs_restart {
-                                tracing::warn!("SIGHUP: socket, state_dir, [kernel], [api], [metrics] and logging changes take effect after a restart");
+                                tracing::warn!("SIGHUP: socket, state_dir, [kernel], [api], [metrics], [frr.northbound], [proxy] and logging changes take effect after a restart");
                             }
                         }
                         let vtysh = core_settings(&new, PathBuf::new(), None).vtysh;
@@ -523,6 +540,7 @@ async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<
                         "remediations": s.remediations,
             "findings": s.findings.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "verdicts": s.verdicts.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "frr_northbound": s.frr_northbound.iter().collect::<std::collections::BTreeMap<_, _>>(),
         });
         if digest {
             v["model_digest"] = json!(s.model_digest);
@@ -539,6 +557,11 @@ async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<
         };
         println!("model: {state}; overruns {}, resyncs {}, events {}", s.overruns, s.resyncs, s.events_applied);
         println!("frr: {}; self-test: {}", s.frr_state, s.selftest);
+        if !s.frr_northbound.is_empty() {
+            let mut nb: Vec<_> = s.frr_northbound.iter().map(|(d, st)| format!("{d} {st}")).collect();
+            nb.sort();
+            println!("frr northbound: {}", nb.join(", "));
+        }
         println!("armed flows: {}; pending changes: {}", s.armed_flows, s.pending);
         let mut f: Vec<_> = s.findings.iter().collect();
         f.sort();

@@ -51,12 +51,19 @@ pub struct GuardService {
     core: CoreHandle,
     started: Instant,
     kernel: String,
+    northbound: Option<tokio::sync::watch::Receiver<crate::frr::northbound::StateMap>>,
 }
 
 impl GuardService {
     /// A service answering from `core`.
     pub fn new(core: CoreHandle, kernel: String) -> Self {
-        GuardService { core, started: Instant::now(), kernel }
+        GuardService { core, started: Instant::now(), kernel, northbound: None }
+    }
+
+    /// Reports the FRR northbound daemons' states in `GetStatus`.
+    pub fn with_northbound(mut self, states: tokio::sync::watch::Receiver<crate::frr::northbound::StateMap>) -> Self {
+        self.northbound = Some(states);
+        self
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Status> {
@@ -294,6 +301,11 @@ impl pb::guard_server::Guard for GuardService {
             selftest: s.selftest,
             pending: s.pending as u64,
             armed_flows: s.armed_flows as u64,
+            frr_northbound: self
+                .northbound
+                .as_ref()
+                .map(|n| n.borrow().clone().into_iter().collect())
+                .unwrap_or_default(),
         }))
     }
 
@@ -407,7 +419,8 @@ impl pb::guard_server::Guard for GuardService {
     async fn propose(&self, req: Request<pb::ChangeRequest>) -> Result<Response<pb::Decision>, Status> {
         let requester = requester_of(&req);
         let intent = self.intent_for(req.get_ref()).await?;
-        let o = self.ask(|reply| Query::Propose { ask: ChangeAsk { intent, requester }, reply }).await?;
+        let o =
+            self.ask(|reply| Query::Propose { ask: ChangeAsk { intent, requester, apply_via: None }, reply }).await?;
         let mut d = decision_to_pb(&o.decision);
         d.change_id = o.change_id;
         d.outcome = o.outcome.into();

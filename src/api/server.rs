@@ -74,6 +74,7 @@ pub async fn serve(
     listener: UnixListener,
     core: CoreHandle,
     kernel: String,
+    northbound: Option<tokio::sync::watch::Receiver<crate::frr::northbound::StateMap>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -88,7 +89,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(DESCRIPTORS)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let guard = GuardServer::new(GuardService::new(core, kernel));
+    let mut service = GuardService::new(core, kernel);
+    if let Some(states) = northbound {
+        service = service.with_northbound(states);
+    }
+    let guard = GuardServer::new(service);
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tcp_task = None;
