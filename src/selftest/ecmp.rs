@@ -66,6 +66,44 @@ const SERVER_MAX_LIFE: Duration = Duration::from_secs(300);
 /// How long a node's echo server may take to start listening.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest wait for R's link-local addresses to settle.
+const LINK_LOCAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until every `rgN` link of namespace `ns` has a link-local IPv6
+/// address that is no longer tentative, then a little longer for the
+/// kernel's follow-up work on it.
+fn wait_link_locals(ns: &str, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let out = ip(&["-n", ns, "-j", "-6", "addr", "show", "scope", "link"], None)?;
+        if link_locals_settled(&out, NODES) {
+            std::thread::sleep(Duration::from_millis(50));
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("link-local addresses in {ns} did not settle within {timeout:?}: {out}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `ip -j -6 addr show scope link` lists a non-tentative address
+/// on each of rg1..rgN.
+fn link_locals_settled(json: &str, links: usize) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return false };
+    (1..=links).all(|i| {
+        let name = format!("rg{i}");
+        v.as_array().into_iter().flatten().any(|l| {
+            l["ifname"] == name.as_str()
+                && l["addr_info"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a["scope"] == "link" && a["tentative"] != true && a["dadfailed"] != true)
+        })
+    })
+}
+
 /// Number of nodes (multipath members) in a lab.
 const NODES: usize = 3;
 
@@ -607,6 +645,14 @@ impl Lab {
         if fault == Fault::ErrorAfterLinks {
             return Err(lab_error("injected fault after links".into()));
         }
+        // R's link-local addresses appear (and finish their DAD work, even
+        // with accept_dad=0) asynchronously once each veth has carrier; that
+        // completion invalidates R's cached IPv6 routes. Connecting before it
+        // let a connection's ACK re-hash to another node, which answered
+        // with a reset (seen once in CI-like runs).
+        if plan.family == 6 {
+            wait_link_locals(&router, LINK_LOCAL_TIMEOUT).map_err(lab_error)?;
+        }
 
         // Echo servers, one per node, each on a thread inside its node.
         let listen = plan.listen_addr();
@@ -804,6 +850,17 @@ fn serve(listener: TcpListener, stop: &AtomicBool) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn link_locals_settle_only_when_every_link_has_one() {
+        let one = r#"[{"ifname":"rg1","addr_info":[{"family":"inet6","local":"fe80::1","scope":"link"}]}]"#;
+        assert!(link_locals_settled(one, 1));
+        assert!(!link_locals_settled(one, 2), "rg2 has none yet");
+        let tentative = r#"[{"ifname":"rg1","addr_info":[{"local":"fe80::1","scope":"link","tentative":true}]}]"#;
+        assert!(!link_locals_settled(tentative, 1));
+        assert!(!link_locals_settled("garbage", 1));
+    }
+
     use super::*;
 
     #[test]
