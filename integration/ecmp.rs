@@ -293,3 +293,31 @@ fn an_ipv6_address_add_is_vetoed_and_breaks_exactly_the_predicted_flows() {
     eprintln!("predicted {}, broken {}", predicted.len(), broken.len());
     assert_eq!(broken, predicted);
 }
+
+#[test]
+fn a_nexthop_group_replace_is_judged_and_breaks_exactly_the_predicted_flows() {
+    let lab = EcmpLab::new("ecH", true, 1);
+    lab.use_nexthop_group();
+    let d = start_guard(&lab, "veto");
+    let mut h = lab.holder();
+    h.open(FLOWS);
+    wait_flows_known_in(&lab, &d, FLOWS);
+    let predicted = at_risk_ports(&d);
+    assert!(!predicted.is_empty(), "under L4 hashing some flows must be armed");
+    // The identical group: vetoed, the armed flows predicted.
+    let o = d.cli(&["propose", "--nexthop-group", "10 group 1/2/3"], true);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["verdict"].as_str(), o.status.code()), (Some("veto"), Some(1)), "{v}");
+    assert_eq!(v["findings"][0]["breaks"].as_u64(), Some(predicted.len() as u64), "{v}");
+    // A different member set: every flow on the group is at risk.
+    let o = d.cli(&["evaluate", "--nexthop-group", "10 group 1/2"], true);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["verdict"].as_str(), o.status.code()), (Some("veto"), Some(1)), "{v}");
+    assert_eq!(v["findings"][0]["breaks"].as_u64(), Some(FLOWS as u64), "{v}");
+    assert!(h.check().is_empty(), "a vetoed change must not touch the flows");
+    // Done by hand, the kernel breaks exactly the predicted flows.
+    lab.r.ip(&["nexthop", "replace", "id", "10", "group", "1/2/3"]);
+    let broken: BTreeSet<u64> = h.check().into_iter().collect();
+    eprintln!("predicted {}, broken {}", predicted.len(), broken.len());
+    assert_eq!(broken, predicted);
+}

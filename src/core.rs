@@ -2052,6 +2052,14 @@ async fn apply_intent(
                 if exists { "changed" } else { "created" }
             ));
         }
+        Intent::NexthopGroup { id, members } => {
+            let (i, m) = (*id, members.clone());
+            tokio::task::spawn_blocking(move || writer::nexthop_group_replace(i, &m))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            notes.push(format!("nexthop group {id} replaced ({} member(s))", members.len()));
+        }
         Intent::LocalRoute { dst, dev } => {
             let (d, v) = (*dst, dev.clone());
             tokio::task::spawn_blocking(move || writer::local_route_add(d, &v))

@@ -254,6 +254,9 @@ struct ChangeArgs {
     /// A local route to add to table local: 'PREFIX dev IF'
     #[arg(long, value_name = "PREFIX dev IF")]
     local_route: Option<String>,
+    /// A nexthop-group replacement: 'ID group A[,W]/B[,W]/...'
+    #[arg(long, value_name = "ID group A[,W]/B...")]
+    nexthop_group: Option<String>,
     /// A whole desired frr.conf: its difference from FRR's running
     /// configuration is judged, then applied (FRR's frr-reload.py)
     #[arg(long, value_name = "FILE")]
@@ -286,6 +289,9 @@ impl ChangeArgs {
         } else if let Some(r) = &self.local_route {
             routeguard::policy::intent::parse_local_route(r)?;
             I::LocalRoute(r.clone())
+        } else if let Some(g) = &self.nexthop_group {
+            routeguard::policy::intent::parse_nexthop_group(g)?;
+            I::NexthopGroup(g.clone())
         } else if let Some(f) = &self.frr_config {
             let text = std::fs::read_to_string(f).with_context(|| format!("--frr-config {}", f.display()))?;
             if text.len() > routeguard::frr::reload::MAX_CONFIG {
@@ -298,7 +304,8 @@ impl ChangeArgs {
             I::FrrConfig(text)
         } else {
             anyhow::bail!(
-                "give --route-replace, --sysctl, --frr-cli, --link, --address-add, --tunnel, --local-route or --frr-config"
+                "give --route-replace, --sysctl, --frr-cli, --link, --address-add, --tunnel, --local-route, \
+                 --nexthop-group or --frr-config"
             );
         };
         Ok(pb::ChangeRequest { intent: Some(intent), requester: requester() })

@@ -123,6 +123,18 @@ impl EcmpLab {
             .fold(format!("{}/{}", self.anycast(), if self.v6 { 128 } else { 32 }), |a, b| a + &b)
     }
 
+    /// Moves the anycast route onto nexthop objects: members 1..3 (ids
+    /// 1-3) in group 10, the route via `nhid 10`. IPv6 only.
+    pub fn use_nexthop_group(&self) {
+        assert!(self.v6, "the nexthop-group lab is IPv6");
+        for i in 1..=3 {
+            let (id, gw, dev) = (i.to_string(), format!("fd00:{i}::2"), format!("rgr{i}"));
+            self.r.ip(&["-6", "nexthop", "add", "id", &id, "via", &gw, "dev", &dev]);
+        }
+        self.r.ip(&["nexthop", "add", "id", "10", "group", "1/2/3"]);
+        self.r.ip(&["-6", "route", "replace", &format!("{}/128", self.anycast()), "nhid", "10"]);
+    }
+
     /// `ip route replace` with the identical member set, behind the
     /// guard's back.
     pub fn replace_by_hand(&self) {

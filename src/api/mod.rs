@@ -15,8 +15,8 @@ use crate::core::{ChangeAsk, CoreHandle, LookupResult, Query};
 use crate::hazards::Finding;
 use crate::model::flows::MemberId;
 use crate::policy::intent::{
-    parse_address_add, parse_frr_cli, parse_link, parse_local_route, parse_route_replace, parse_sysctl, parse_tunnel,
-    Intent,
+    parse_address_add, parse_frr_cli, parse_link, parse_local_route, parse_nexthop_group, parse_route_replace,
+    parse_sysctl, parse_tunnel, Intent,
 };
 use crate::policy::{Decision, Verdict};
 use crate::proto::guard as pb;
@@ -247,6 +247,7 @@ pub fn intent_of(req: &pb::ChangeRequest) -> Result<Intent, Status> {
         Some(I::AddressAdd(s)) => parse_address_add(s),
         Some(I::Tunnel(s)) => parse_tunnel(s),
         Some(I::LocalRoute(s)) => parse_local_route(s),
+        Some(I::NexthopGroup(s)) => parse_nexthop_group(s),
         Some(I::FrrConfig(_)) => {
             return Err(Status::invalid_argument("frr_config is diffed against FRR first (GuardService::intent_for)"))
         }

@@ -275,6 +275,51 @@ impl Detector for EcmpRehash {
                 }
                 out
             }
+            // A nexthop group replaced: the flows whose route uses it. The
+            // same members (ids, weights, order) only invalidate; other
+            // members re-map every IPv6 flow on it.
+            Intent::NexthopGroup { id, members } => {
+                let Some(group) = ctx.model.nexthops.get(id) else { return Vec::new() };
+                let same = group.group.len() == members.len()
+                    && group.group.iter().zip(members).all(|(g, (m, w))| g.id == *m && g.weight == *w);
+                let riding: Vec<&Flow> = ctx
+                    .flows
+                    .iter()
+                    .filter(|f| {
+                        ctx.model.lookup(f.table, f.remote.ip()).is_some_and(|r| r.route.attrs.nhid == Some(*id))
+                    })
+                    .collect();
+                let hit: Vec<&Flow> = if same {
+                    riding.into_iter().filter(|f| f.armed(affected(ctx, f))).collect()
+                } else {
+                    riding.into_iter().filter(|f| f.is_v6()).collect()
+                };
+                if hit.is_empty() {
+                    return Vec::new();
+                }
+                let summary = if same {
+                    format!(
+                        "replacing nexthop group {id} with the same members invalidates cached routes and moves {} \
+                         established flow(s) to another member; flows to anycast destinations die with RST",
+                        hit.len()
+                    )
+                } else {
+                    format!(
+                        "replacing nexthop group {id} changes the member set {} IPv6 flow(s) are hashed over; which of \
+                         them move cannot be computed without the kernel's hash, so all are at risk",
+                        hit.len()
+                    )
+                };
+                vec![Finding {
+                    hazard: NAME,
+                    severity: Severity::Critical,
+                    summary,
+                    breaks: hit.len(),
+                    evidence: hit.iter().take(MAX_EVIDENCE).map(|f| describe(f, ctx)).collect(),
+                    mitigations: mitigations(),
+                    stage: None,
+                }]
+            }
             // field-notes: an IPv6 address added anywhere invalidates every
             // cached IPv6 route (22 of 60 flows moved when one was added on
             // a member interface). Measured here (integration/ecmp.rs): the

@@ -162,6 +162,14 @@ pub fn tunnel_set(
     ip_cmd(&format!("tunnel {name}"), &args)
 }
 
+/// Replaces nexthop group `id`'s members, like `ip nexthop replace id ID
+/// group A,W/B,W`.
+pub fn nexthop_group_replace(id: u32, members: &[(u32, u16)]) -> Result<(), WriteError> {
+    let spec: Vec<String> = members.iter().map(|(n, w)| format!("{n},{w}")).collect();
+    let (id_s, spec) = (id.to_string(), spec.join("/"));
+    ip_cmd(&format!("nexthop group {id}"), &["nexthop", "replace", "id", &id_s, "group", &spec])
+}
+
 /// Adds `local DST dev DEV table local`, like `ip route add local`.
 pub fn local_route_add(dst: IpNetwork, dev: &str) -> Result<(), WriteError> {
     valid_ifname(dev)?;

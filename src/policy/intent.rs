@@ -66,6 +66,14 @@ pub enum Intent {
         /// carries its context lines).
         diff: Vec<String>,
     },
+    /// `ip nexthop replace id ID group A[,W]/B[,W]/...`: new members of a
+    /// nexthop group, in order.
+    NexthopGroup {
+        /// The group's id.
+        id: u32,
+        /// Member nexthop ids with their weights.
+        members: Vec<(u32, u16)>,
+    },
     /// `ip route add local PREFIX dev IF table local`: makes every address
     /// in PREFIX local to this node.
     LocalRoute {
@@ -91,6 +99,7 @@ impl Intent {
             | Intent::LinkHairpin { .. }
             | Intent::AddressAdd { .. }
             | Intent::Tunnel { .. }
+            | Intent::NexthopGroup { .. }
             | Intent::LocalRoute { .. } => Vec::new(),
         }
     }
@@ -354,6 +363,44 @@ pub fn parse_tunnel(text: &str) -> Result<Intent, IntentError> {
     Ok(Intent::Tunnel { name: name.to_string(), kind: kind.to_string(), remote, local })
 }
 
+/// Parses `[id] ID group A[,W]/B[,W]/...` for `--nexthop-group` (as `ip
+/// nexthop replace` takes it).
+pub fn parse_nexthop_group(text: &str) -> Result<Intent, IntentError> {
+    const W: &str = "--nexthop-group";
+    const FORM: &str = "expected `ID group A[,W]/B[,W]/...`";
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let words = match words.as_slice() {
+        ["id", rest @ ..] => rest,
+        all => all,
+    };
+    let [id, "group", spec] = words else { return Err(bad(W, format!("`{text}`: {FORM}"))) };
+    let id: u32 = id.parse().ok().filter(|&i| i > 0).ok_or_else(|| bad(W, format!("`{id}` is not a nexthop id")))?;
+    let mut members: Vec<(u32, u16)> = Vec::new();
+    for m in spec.split('/') {
+        let (nh, weight) = match m.split_once(',') {
+            Some((nh, w)) => {
+                let w: u16 = w
+                    .parse()
+                    .ok()
+                    .filter(|w| (1..=256).contains(w))
+                    .ok_or_else(|| bad(W, format!("`{m}`: weight `{w}` is not 1..256")))?;
+                (nh, w)
+            }
+            None => (m, 1),
+        };
+        let nh: u32 =
+            nh.parse().ok().filter(|&n| n > 0).ok_or_else(|| bad(W, format!("`{m}`: `{nh}` is not a nexthop id")))?;
+        if nh == id {
+            return Err(bad(W, format!("group {id} cannot contain itself")));
+        }
+        if members.iter().any(|(n, _)| *n == nh) {
+            return Err(bad(W, format!("member {nh} given twice")));
+        }
+        members.push((nh, weight));
+    }
+    Ok(Intent::NexthopGroup { id, members })
+}
+
 /// Parses `PREFIX dev IF` for `--local-route` (`ip route add local PREFIX
 /// dev IF table local`).
 pub fn parse_local_route(text: &str) -> Result<Intent, IntentError> {
@@ -438,6 +485,24 @@ mod tests {
                 ("net.ipv6.conf.all.forwarding".to_string(), "1".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn nexthop_group_form_and_errors() {
+        assert_eq!(
+            parse_nexthop_group("10 group 1/2,3/4").unwrap(),
+            Intent::NexthopGroup { id: 10, members: vec![(1, 1), (2, 3), (4, 1)] }
+        );
+        assert_eq!(parse_nexthop_group("id 7 group 1").unwrap(), Intent::NexthopGroup { id: 7, members: vec![(1, 1)] });
+        let e = |t: &str| parse_nexthop_group(t).unwrap_err().to_string();
+        assert!(e("").contains("expected `ID group"));
+        assert!(e("x group 1/2").contains("`x` is not a nexthop id"));
+        assert!(e("10 group 1/x").contains("`x` is not a nexthop id"));
+        assert!(e("10 group 1,0/2").contains("weight `0` is not 1..256"));
+        assert!(e("10 group 1,300").contains("weight `300`"));
+        assert!(e("10 group 1/10").contains("cannot contain itself"));
+        assert!(e("10 group 1/1").contains("given twice"));
+        assert!(e("10 group 1/2 type resilient").contains("expected `ID group"));
     }
 
     #[test]
