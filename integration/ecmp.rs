@@ -261,27 +261,43 @@ fn ipv4_is_not_flagged_and_does_not_break() {
     assert_eq!(h.check(), Vec::<u64>::new());
 }
 
-#[test]
-fn an_ipv6_address_add_is_vetoed_and_breaks_exactly_the_predicted_flows() {
-    // field-notes: an IPv6 address added on a member interface invalidates
-    // cached IPv6 routes; measured here, the flows move when duplicate
-    // address detection completes, and not at all with `nodad`.
-    let lab = EcmpLab::new("ecG", true, 1);
+/// The IPv6 lab (on nexthop group 10 when `nhg`) with a vetoing guard and
+/// FLOWS open flows, some armed; returns the armed flows' ports too.
+fn armed_lab(tag: &str, nhg: bool) -> (EcmpLab, Daemon, common::ecmp_lab::Holder, BTreeSet<u64>) {
+    let lab = EcmpLab::new(tag, true, 1);
+    if nhg {
+        lab.use_nexthop_group();
+    }
     let d = start_guard(&lab, "veto");
     let mut h = lab.holder();
     h.open(FLOWS);
     wait_flows_known_in(&lab, &d, FLOWS);
     let predicted = at_risk_ports(&d);
     assert!(!predicted.is_empty(), "under L4 hashing some flows must be armed");
+    (lab, d, h, predicted)
+}
+
+/// Runs an evaluate/propose that must be vetoed (exit 1); its JSON.
+fn vetoed(d: &Daemon, args: &[&str]) -> Value {
+    let o = d.cli(args, true);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["verdict"].as_str(), o.status.code()), (Some("veto"), Some(1)), "{v}");
+    v
+}
+
+#[test]
+fn an_ipv6_address_add_is_vetoed_and_breaks_exactly_the_predicted_flows() {
+    // field-notes: an IPv6 address added on a member interface invalidates
+    // cached IPv6 routes; measured here, the flows move when duplicate
+    // address detection completes, and not at all with `nodad`.
+    let (lab, d, mut h, _) = armed_lab("ecG", false);
     // With nodad: nothing to fear; the guard applies it that way.
     let v = d.json(&["propose", "--address-add", "fd00:98::1/64 dev rgr1 nodad"]);
     assert_eq!((v["verdict"].as_str(), v["outcome"].as_str()), (Some("allow"), Some("applied")), "{v}");
     std::thread::sleep(slow(Duration::from_secs(3)));
     assert_eq!(h.check(), Vec::<u64>::new(), "an address added with nodad moved flows");
     // With DAD: vetoed, predicting the flows at risk.
-    let o = d.cli(&["propose", "--address-add", "fd00:99::1/64 dev rgr1"], true);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((v["verdict"].as_str(), o.status.code()), (Some("veto"), Some(1)), "{v}");
+    let v = vetoed(&d, &["propose", "--address-add", "fd00:99::1/64 dev rgr1"]);
     let predicted = at_risk_ports(&d);
     assert_eq!(v["findings"][0]["breaks"].as_u64(), Some(predicted.len() as u64), "{v}");
     assert!(h.check().is_empty(), "a vetoed change must not touch the flows");
@@ -296,23 +312,12 @@ fn an_ipv6_address_add_is_vetoed_and_breaks_exactly_the_predicted_flows() {
 
 #[test]
 fn a_nexthop_group_replace_is_judged_and_breaks_exactly_the_predicted_flows() {
-    let lab = EcmpLab::new("ecH", true, 1);
-    lab.use_nexthop_group();
-    let d = start_guard(&lab, "veto");
-    let mut h = lab.holder();
-    h.open(FLOWS);
-    wait_flows_known_in(&lab, &d, FLOWS);
-    let predicted = at_risk_ports(&d);
-    assert!(!predicted.is_empty(), "under L4 hashing some flows must be armed");
+    let (lab, d, mut h, predicted) = armed_lab("ecH", true);
     // The identical group: vetoed, the armed flows predicted.
-    let o = d.cli(&["propose", "--nexthop-group", "10 group 1/2/3"], true);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((v["verdict"].as_str(), o.status.code()), (Some("veto"), Some(1)), "{v}");
+    let v = vetoed(&d, &["propose", "--nexthop-group", "10 group 1/2/3"]);
     assert_eq!(v["findings"][0]["breaks"].as_u64(), Some(predicted.len() as u64), "{v}");
     // A different member set: every flow on the group is at risk.
-    let o = d.cli(&["evaluate", "--nexthop-group", "10 group 1/2"], true);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((v["verdict"].as_str(), o.status.code()), (Some("veto"), Some(1)), "{v}");
+    let v = vetoed(&d, &["evaluate", "--nexthop-group", "10 group 1/2"]);
     assert_eq!(v["findings"][0]["breaks"].as_u64(), Some(FLOWS as u64), "{v}");
     assert!(h.check().is_empty(), "a vetoed change must not touch the flows");
     // Done by hand, the kernel breaks exactly the predicted flows.
