@@ -1242,7 +1242,7 @@ fn main() {
     }
     let params = (|| -> Result<Params> {
         let batch = env_u64("RGBENCH_NB_BATCH", 50)?.max(2) as usize;
-        if batch % 2 != 0 {
+        if !batch.is_multiple_of(2) {
             bail!("RGBENCH_NB_BATCH must be even (a batch adds and deletes the route alternately)");
         }
         Ok(Params {
