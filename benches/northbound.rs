@@ -1,0 +1,1292 @@
+//! Northbound proxy overhead and `Evaluate` latency (issue 5).
+//!
+//! Run as root: `cargo bench --bench northbound`. Without `--bench` (e.g.
+//! under `cargo test --benches`) it prints "skipped" and exits 0.
+//!
+//! Part 1, proxy overhead (namespace `rgbnb-<pid>`): FRR 8.4.4 with gRPC
+//! (the cached build of integration/frr/build-frr-grpc, zebra + staticd with
+//! `-M grpc:PORT`, started by integration/frr/frr-ns) and `routeguard run`
+//! with `[frr.northbound]` and `[proxy] listen`. One client thread in the
+//! namespace holds two warm tonic channels: one to staticd directly, one to
+//! routeguard's `frr.Northbound` proxy. It runs, in batches that alternate
+//! direct/proxy (and which goes first), the same operations on both:
+//!   * a transaction: `CreateCandidate`, `EditCandidate`, `Commit(ALL)`,
+//!     `DeleteCandidate`; the edit alternately adds a harmless static route
+//!     (one nexthop on an up veth) and deletes it again, so every commit
+//!     changes something and every batch ends where it started. Through
+//!     the proxy the add is judged (verdict allow) and the delete is
+//!     forwarded unjudged, as the proxy does for removals;
+//!   * a `Get` of staticd's configuration (`/frr-routing:routing`, JSON),
+//!     read to the end of the stream.
+//!
+//! Timed: client wall time of the `Commit` call alone (the call the proxy
+//! judges), of the whole transaction, and of the `Get` (request to the end
+//! of the stream). p50/p99 per side and the ratio proxy/direct.
+//!
+//! Part 2, `Evaluate` latency (namespace `rgbnbe-<pid>`): 1M routes (80 %
+//! IPv4, 20 % IPv6, 10 % of them 3-way multipath; the shape of the ECMP
+//! bench) are loaded with `ip -batch`, the namespace is dumped into a
+//! `Model` with the daemon's own code (`kernel::dump::dump_all`,
+//! `Model::apply`, `kernel::sysctl::read`) and, for each intent, parse +
+//! `Context` + every detector's `evaluate` + `policy::decide` is timed (what
+//! the core does for `Query::Evaluate`, minus its logging and stale check).
+//! No flows. Then `routeguard run` in the namespace answers the same intents
+//! through gRPC `Evaluate` on its unix socket (client wall time).
+//!
+//! Cleanup: FRR is stopped (`frr-ns stop`), every process in the namespaces
+//! is killed, the namespaces and `/tmp/rgbnb-<pid>/` are removed on every
+//! exit path (Drop guard, SIGINT/SIGTERM/SIGHUP watcher, `PR_SET_PDEATHSIG`
+//! on the daemon). Every `ip` command carries `-n NS` or runs under `ip
+//! netns exec NS`; only threads of this process ever `setns`, never the
+//! main thread.
+//!
+//! Knobs: `RGBENCH_NB_PARTS` (default `proxy,evaluate`), `RGBENCH_NB_CALLS`
+//! (default 1000 per side and kind), `RGBENCH_NB_BATCH` (default 50, even),
+//! `RGBENCH_NB_ROUTES` (default 1000000), `RGBENCH_NB_EVALS` (default 1000
+//! in-process calls per intent), `RGBENCH_NB_GRPC` (default 200 gRPC calls
+//! per intent), `RGBENCH_DAEMON=PATH` picks another daemon binary.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use routeguard::hazards::{self, Context, Finding, KernelFacts};
+use routeguard::kernel::{dump, sysctl};
+use routeguard::model::flows::FlowTable;
+use routeguard::model::{Applied, Change, Model};
+use routeguard::policy::intent::{self, Intent};
+use routeguard::policy::{self, HazardsConfig};
+use routeguard::proto::frr as fpb;
+use routeguard::proto::frr::northbound_client::NorthboundClient;
+use routeguard::proto::guard as pb;
+
+/// gRPC ports of zebra and staticd inside the lab namespace (frr-ns gives
+/// zebra BASE and staticd BASE+1), and the proxy's.
+const ZEBRA: u16 = 50051;
+const STATICD: u16 = 50052;
+const PROXY: u16 = 50100;
+/// The harmless route of part 1.
+const NB_PREFIX: &str = "2001:db8:77::/64";
+const NB_GW: &str = "fd00:1::2";
+const NB_DEV: &str = "rgbnb0";
+/// How long the daemon's first dump may take (1M routes).
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Untimed calls per side and kind before the timed ones.
+const WARMUP: usize = 20;
+
+// ---------------------------------------------------------------------------
+// Cleanup: one registry, used by the Drop guard and the signal watcher.
+
+struct Cleanup {
+    namespaces: Vec<String>,
+    frr: Vec<String>,
+    dir: PathBuf,
+    pids: Vec<u32>,
+}
+
+static CLEANUP: Mutex<Option<Cleanup>> = Mutex::new(None);
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+fn registry() -> std::sync::MutexGuard<'static, Option<Cleanup>> {
+    CLEANUP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn track(f: impl FnOnce(&mut Cleanup)) {
+    if let Some(c) = registry().as_mut() {
+        f(c);
+    }
+}
+
+fn kill(pid: u32, sig: i32) {
+    if pid == std::process::id() || pid == 0 {
+        return;
+    }
+    // SAFETY: kill(2) on a pid we started or found inside our namespace.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+fn ns_pids(ns: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn frr_ns() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("integration/frr/frr-ns")
+}
+
+/// Stops FRR, kills what we started and everything inside our namespaces
+/// (never this process), deletes the namespaces and the scratch directory.
+/// Idempotent.
+fn cleanup() {
+    let mut reg = registry();
+    let Some(c) = reg.take() else { return };
+    for ns in &c.frr {
+        let _ = Command::new(frr_ns()).args(["stop", ns]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+    for &p in &c.pids {
+        kill(p, libc::SIGKILL);
+    }
+    for ns in &c.namespaces {
+        for _ in 0..50 {
+            let pids: Vec<u32> = ns_pids(ns).into_iter().filter(|&p| p != std::process::id()).collect();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                kill(p, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let del = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        if !matches!(del, Ok(s) if s.success()) {
+            eprintln!("northbound: WARNING: could not delete namespace {ns}; run `ip netns del {ns}`");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
+
+struct Guard;
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        cleanup();
+    }
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_watcher() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
+    }
+    std::thread::spawn(|| loop {
+        if SIGNALLED.load(Ordering::SeqCst) {
+            eprintln!("northbound: interrupted; cleaning up");
+            cleanup();
+            std::process::exit(130);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
+}
+
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers.
+
+fn run_ok(prog: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(prog).args(args).output().with_context(|| format!("spawn {prog}"))?;
+    if !out.status.success() {
+        bail!("`{prog} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(ns: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["-n", ns];
+    a.extend_from_slice(args);
+    run_ok("ip", &a)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn env_u64(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v.parse().with_context(|| format!("{name}={v} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn daemon_bin() -> Result<PathBuf> {
+    let p = match std::env::var_os("RGBENCH_DAEMON") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_routeguard")),
+    };
+    if !p.is_file() {
+        bail!("daemon binary {} not found", p.display());
+    }
+    Ok(p)
+}
+
+/// Runs `f` on a new thread (named `name`) that has joined network
+/// namespace `ns`; sockets it creates stay in `ns`.
+fn in_ns<T: Send>(ns: &str, name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn_scoped(s, move || {
+                let fd = File::open(&path).with_context(|| format!("open {path}"))?;
+                // SAFETY: setns(2) on a namespace fd we hold; affects this thread only.
+                #[allow(unsafe_code)]
+                let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(anyhow!("setns({path}): {}", std::io::Error::last_os_error()));
+                }
+                f()
+            })?
+            .join()
+            .map_err(|_| anyhow!("thread in namespace {ns} panicked"))?
+    })
+}
+
+/// utime + stime of a process in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf(3) has no preconditions.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some(close) = stat.rfind(')') else { return 0.0 };
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / hz
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Summary statistics; percentiles are nearest-rank on the sorted samples
+/// (index round((n-1)·p)).
+#[derive(Clone, Debug)]
+struct Stats {
+    n: usize,
+    min: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Stats {
+    fn of(v: &[f64]) -> Stats {
+        if v.is_empty() {
+            return Stats { n: 0, min: 0.0, p50: 0.0, p90: 0.0, p99: 0.0, max: 0.0, mean: 0.0 };
+        }
+        let mut s = v.to_vec();
+        s.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| s[((s.len() as f64 - 1.0) * p).round() as usize];
+        Stats {
+            n: s.len(),
+            min: s[0],
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            max: s[s.len() - 1],
+            mean: s.iter().sum::<f64>() / s.len() as f64,
+        }
+    }
+
+    fn json(&self) -> Value {
+        let r = |x: f64| (x * 1000.0).round() / 1000.0;
+        json!({"n": self.n, "min": r(self.min), "p50": r(self.p50), "p90": r(self.p90), "p99": r(self.p99),
+               "max": r(self.max), "mean": r(self.mean)})
+    }
+
+    fn line(&self, unit: &str) -> String {
+        format!(
+            "p50 {:.3} p90 {:.3} p99 {:.3} max {:.3} {unit} (n {}, min {:.3}, mean {:.3})",
+            self.p50, self.p90, self.p99, self.max, self.n, self.min, self.mean
+        )
+    }
+}
+
+/// xorshift64*: deterministic prefixes and gaps, no extra dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The daemon.
+
+struct Daemon {
+    child: Child,
+    sock: PathBuf,
+    started: Instant,
+    dumped: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Daemon {
+    /// `routeguard run --config` in `ns`; `extra` (top-level keys first, then
+    /// tables) goes into its config before `[selftest]`.
+    fn spawn(bin: &Path, ns: &str, dir: &Path, tag: &str, extra: &str) -> Result<Daemon> {
+        let sock = dir.join(format!("{tag}.sock"));
+        let state = dir.join(format!("{tag}-state"));
+        std::fs::create_dir_all(&state)?;
+        let cfg = dir.join(format!("{tag}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "socket = \"{}\"\nstate_dir = \"{}\"\n{extra}\n[selftest]\non_start = false\n",
+                sock.display(),
+                state.display()
+            ),
+        )?;
+        let log = dir.join(format!("{tag}.log"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(bin).args(["run", "--config"]).arg(&cfg);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ROUTEGUARD_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let started = Instant::now();
+        let mut child = cmd.spawn().context("spawn routeguard")?;
+        track(|c| c.pids.push(child.id()));
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let dumped = Arc::new(Mutex::new(None));
+        let d2 = dumped.clone();
+        let mut logf = BufWriter::new(File::create(&log)?);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if line.contains("kernel dump complete") {
+                    let mut g = d2.lock().unwrap_or_else(|e| e.into_inner());
+                    if g.is_none() {
+                        *g = Some(Instant::now());
+                    }
+                }
+                let _ = writeln!(logf, "{line}");
+                let _ = logf.flush();
+            }
+        });
+        Ok(Daemon { child, sock, started, dumped })
+    }
+
+    fn pid(&self) -> Result<u32> {
+        let pid = self.child.id();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "routeguard" {
+            Ok(pid)
+        } else {
+            bail!("pid {pid} is `{}`, not routeguard", comm.trim())
+        }
+    }
+
+    fn wait_dump(&mut self) -> Result<f64> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(t) = *self.dumped.lock().unwrap_or_else(|e| e.into_inner()) {
+                return Ok((t - self.started).as_secs_f64());
+            }
+            if let Some(st) = self.child.try_wait()? {
+                bail!("routeguard exited ({st}) before its first dump; see its log");
+            }
+            if Instant::now() > deadline {
+                bail!("routeguard not ready after {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) -> Result<()> {
+        kill(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                self.child.wait()?;
+                bail!("routeguard did not stop on SIGTERM within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// A channel to the Guard API's unix socket, built as `client::connect`
+/// builds it.
+async fn unix_channel(path: &Path) -> Result<Channel> {
+    let p = path.to_path_buf();
+    let ch =
+        tonic::transport::Endpoint::try_from("http://[::1]:50051")?
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let p = p.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            }))
+            .await?;
+    Ok(ch)
+}
+
+fn status(rt: &tokio::runtime::Runtime, sock: &Path) -> Result<pb::Status> {
+    rt.block_on(async {
+        let mut c = routeguard::client::connect(sock).await?;
+        Ok(c.get_status(pb::GetStatusRequest { digest: false }).await?.into_inner())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Part 1: the northbound proxy against FRR directly.
+
+fn route_xpath(prefix: &str) -> String {
+    format!(
+        "/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd'][vrf='default']/frr-staticd:staticd/route-list[prefix='{prefix}'][afi-safi='frr-routing:ipv6-unicast']"
+    )
+}
+
+fn nexthop_xpath(prefix: &str, gw: &str, dev: &str) -> String {
+    format!(
+        "{}/path-list[table-id='0'][distance='1']/frr-nexthops/nexthop[nh-type='ip6'][vrf='default'][gateway='{gw}'][interface='{dev}']",
+        route_xpath(prefix)
+    )
+}
+
+fn pv(path: String) -> fpb::PathValue {
+    fpb::PathValue { path, value: String::new() }
+}
+
+async fn nb_client(port: u16) -> Result<NorthboundClient<Channel>> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("connect 127.0.0.1:{port}"))?;
+    Ok(NorthboundClient::new(ch))
+}
+
+/// One transaction; returns (Commit ms, whole transaction ms).
+async fn transaction(c: &mut NorthboundClient<Channel>, add: bool) -> Result<(f64, f64)> {
+    let t0 = Instant::now();
+    let id = c.create_candidate(fpb::CreateCandidateRequest {}).await?.into_inner().candidate_id;
+    let req = if add {
+        fpb::EditCandidateRequest {
+            candidate_id: id,
+            update: vec![pv(nexthop_xpath(NB_PREFIX, NB_GW, NB_DEV))],
+            delete: vec![],
+        }
+    } else {
+        fpb::EditCandidateRequest { candidate_id: id, update: vec![], delete: vec![pv(route_xpath(NB_PREFIX))] }
+    };
+    c.edit_candidate(req).await.context("EditCandidate")?;
+    let t1 = Instant::now();
+    let r = c
+        .commit(fpb::CommitRequest {
+            candidate_id: id,
+            phase: fpb::commit_request::Phase::All as i32,
+            comment: "bench".into(),
+        })
+        .await;
+    let commit = t1.elapsed();
+    r.with_context(|| format!("Commit ({})", if add { "add" } else { "delete" }))?;
+    c.delete_candidate(fpb::DeleteCandidateRequest { candidate_id: id }).await.context("DeleteCandidate")?;
+    Ok((ms(commit), ms(t0.elapsed())))
+}
+
+/// `Get` of staticd's configuration, to the end of the stream; (ms, bytes).
+async fn get_config(c: &mut NorthboundClient<Channel>) -> Result<(f64, usize)> {
+    let req = fpb::GetRequest {
+        r#type: fpb::get_request::DataType::Config as i32,
+        encoding: fpb::Encoding::Json as i32,
+        with_defaults: false,
+        path: vec!["/frr-routing:routing".into()],
+    };
+    let t = Instant::now();
+    let mut s = c.get(req).await.context("Get")?.into_inner();
+    let mut bytes = 0;
+    while let Some(r) = s.message().await.context("Get stream")? {
+        bytes += r.data.map(|d| d.data.len()).unwrap_or(0);
+    }
+    Ok((ms(t.elapsed()), bytes))
+}
+
+#[derive(Default)]
+struct Side {
+    commit_add: Vec<f64>,
+    commit_del: Vec<f64>,
+    tx: Vec<f64>,
+    get: Vec<f64>,
+    get_bytes: usize,
+}
+
+impl Side {
+    fn commits(&self) -> Vec<f64> {
+        self.commit_add.iter().chain(&self.commit_del).copied().collect()
+    }
+}
+
+fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
+    let grpc_prefix = PathBuf::from("/var/cache/routeguard-test/frr-grpc-8.4.4/sbin/staticd");
+    if !grpc_prefix.is_file() {
+        bail!(
+            "FRR 8.4.4 with gRPC is not in the cache ({} missing); run integration/frr/build-frr-grpc first",
+            grpc_prefix.display()
+        );
+    }
+    run_ok("ip", &["netns", "add", ns])?;
+    track(|c| c.namespaces.push(ns.to_string()));
+    ip(ns, &["link", "set", "lo", "up"])?;
+    ip(ns, &["link", "add", NB_DEV, "type", "veth", "peer", "name", "rgbnb1"])?;
+    ip(ns, &["link", "set", NB_DEV, "up"])?;
+    ip(ns, &["link", "set", "rgbnb1", "up"])?;
+    ip(ns, &["-6", "addr", "add", "fd00:1::1/64", "dev", NB_DEV, "nodad"])?;
+    let conf = dir.join("frr.conf");
+    std::fs::write(&conf, "!\n")?;
+    track(|c| c.frr.push(ns.to_string()));
+    let out = run_ok(
+        frr_ns().to_str().unwrap_or_default(),
+        &[
+            "start",
+            ns,
+            "--flavor",
+            "grpc",
+            "--daemons",
+            "zebra,staticd",
+            "--config",
+            conf.to_str().unwrap_or_default(),
+            "--grpc-base-port",
+            &ZEBRA.to_string(),
+        ],
+    )?;
+    println!("northbound: 1. FRR: {}", out.trim().replace('\n', "; "));
+    let extra = format!(
+        "[frr.northbound]\nzebra = \"http://127.0.0.1:{ZEBRA}\"\nstaticd = \"http://127.0.0.1:{STATICD}\"\n\
+         [proxy]\nlisten = \"127.0.0.1:{PROXY}\"\n"
+    );
+    // JSON logs: their timestamps split the proxy's commits into segments.
+    let extra = format!("log_format = \"json\"\n{extra}");
+    let mut d = Daemon::spawn(&p.daemon, ns, dir, "proxy", &extra)?;
+    d.wait_dump()?;
+    let pid = d.pid()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let t = Instant::now();
+    loop {
+        let s = status(&rt, &d.sock)?;
+        let up = |k: &str| s.frr_northbound.get(k).is_some_and(|v| v == "up");
+        if up("zebra") && up("staticd") {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("frr_northbound not up after 30 s: {:?}", s.frr_northbound);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let load_start = loadavg();
+    println!("northbound: 1. routeguard proxy and FRR up; measuring (load {load_start})");
+
+    let calls = p.calls;
+    let batch = p.batch;
+    let cpu0 = (cpu_seconds(pid), Instant::now());
+    let (direct, proxy, checks) = in_ns(ns, "rgb-nb-client", || {
+        let crt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        crt.block_on(async {
+            let mut sides = [nb_client(STATICD).await?, nb_client(PROXY).await?];
+            let mut out = [Side::default(), Side::default()];
+            // Warm-up, and a check that an add through the proxy really
+            // lands in staticd's configuration (and a delete removes it).
+            for c in sides.iter_mut() {
+                for i in 0..WARMUP {
+                    transaction(c, i % 2 == 0).await?;
+                    get_config(c).await?;
+                }
+            }
+            transaction(&mut sides[1], true).await?;
+            let landed = String::from_utf8_lossy(&get_raw(&mut sides[0]).await?).contains(NB_PREFIX);
+            transaction(&mut sides[1], false).await?;
+            let removed = !String::from_utf8_lossy(&get_raw(&mut sides[0]).await?).contains(NB_PREFIX);
+            if !landed || !removed {
+                bail!("proxy commits did not reach staticd (landed {landed}, removed {removed})");
+            }
+            // Commits: batches alternate direct/proxy, and which side goes
+            // first alternates too.
+            let rounds = calls.div_ceil(batch);
+            for round in 0..rounds {
+                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for s in order {
+                    for i in 0..batch {
+                        let add = i % 2 == 0;
+                        let (c, tx) = transaction(&mut sides[s], add).await?;
+                        if add {
+                            out[s].commit_add.push(c)
+                        } else {
+                            out[s].commit_del.push(c)
+                        }
+                        out[s].tx.push(tx);
+                    }
+                }
+            }
+            for round in 0..rounds {
+                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for s in order {
+                    for _ in 0..batch {
+                        let (t, bytes) = get_config(&mut sides[s]).await?;
+                        out[s].get.push(t);
+                        out[s].get_bytes = bytes;
+                    }
+                }
+            }
+            let [direct, proxy] = out;
+            Ok((direct, proxy, json!({"landed": landed, "removed": removed})))
+        })
+    })?;
+    let cpu = cpu_seconds(pid) - cpu0.0;
+    let wall = cpu0.1.elapsed().as_secs_f64();
+    let s = status(&rt, &d.sock)?;
+    let allow = s.verdicts.get("allow").copied().unwrap_or(0);
+    let other: u64 = s.verdicts.iter().filter(|(k, _)| k.as_str() != "allow").map(|(_, v)| *v).sum();
+    let load_end = loadavg();
+    drop(rt);
+    d.stop()?;
+    let _ = Command::new(frr_ns()).args(["stop", ns]).stdout(Stdio::null()).status();
+    track(|c| c.frr.retain(|n| n != ns));
+    let segments = commit_segments(&dir.join("proxy.log"), WARMUP + 2)?;
+
+    // Journal fsync cost on the state directory's filesystem: part of every
+    // judged commit (a decision record is fsynced before anything is done).
+    let fsync = {
+        let path = dir.join("fsync-probe");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut v = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            f.write_all(b"{\"record\":\"decision\",\"padding\":\"............................................\"}\n")?;
+            f.sync_all()?;
+            v.push(ms(t.elapsed()));
+        }
+        let _ = std::fs::remove_file(&path);
+        Stats::of(&v)
+    };
+
+    let mut res = serde_json::Map::new();
+    let mut ratios = serde_json::Map::new();
+    let mut pass = true;
+    let kinds: [(&str, Vec<f64>, Vec<f64>); 5] = [
+        ("commit", direct.commits(), proxy.commits()),
+        ("commit_add", direct.commit_add.clone(), proxy.commit_add.clone()),
+        ("commit_delete", direct.commit_del.clone(), proxy.commit_del.clone()),
+        ("transaction", direct.tx.clone(), proxy.tx.clone()),
+        ("get", direct.get.clone(), proxy.get.clone()),
+    ];
+    for (kind, dv, pv) in &kinds {
+        let (sd, sp) = (Stats::of(dv), Stats::of(pv));
+        let (r50, r99) = (sp.p50 / sd.p50, sp.p99 / sd.p99);
+        println!("northbound: 1. {kind:<13} direct {}", sd.line("ms"));
+        println!("northbound: 1. {kind:<13} proxy  {}", sp.line("ms"));
+        println!("northbound: 1. {kind:<13} ratio proxy/direct p50 {r50:.2} p99 {r99:.2}");
+        if matches!(*kind, "commit" | "get") {
+            pass &= r50 <= 1.2 && r99 <= 1.2;
+        }
+        res.insert(kind.to_string(), json!({"direct_ms": sd.json(), "proxy_ms": sp.json()}));
+        ratios.insert(
+            kind.to_string(),
+            json!({"p50": (r50 * 1000.0).round() / 1000.0, "p99": (r99 * 1000.0).round() / 1000.0}),
+        );
+    }
+    println!(
+        "northbound: 1. Get answer {} bytes; daemon verdicts allow {allow} (adds through the proxy incl. warm-up: {}), \
+         other {other}; daemon CPU {cpu:.2} s over {wall:.1} s; journal write+fsync on the state dir {} (load {load_end})",
+        proxy.get_bytes,
+        proxy.commit_add.len() + WARMUP / 2 + 1,
+        fsync.line("ms"),
+    );
+    Ok(json!({
+        "calls_per_side": calls, "batch": batch, "load_start": load_start, "load_end": load_end,
+        "results": res, "ratios": ratios, "get_bytes": proxy.get_bytes, "checks": checks,
+        "daemon_verdicts": {"allow": allow, "other": other}, "daemon_cpu_secs": cpu, "wall_secs": wall,
+        "journal_fsync_ms": fsync.json(), "daemon_side_segments_ms": segments,
+        "target": {"goal": "proxy/direct <= 1.2 at p50 and p99, Commit and Get", "pass": pass},
+    }))
+}
+
+/// Seconds of the day of a tracing JSON timestamp (`...T06:40:01.123456Z`).
+fn tod(v: &Value) -> Option<f64> {
+    let t = v["timestamp"].as_str()?;
+    let hms = t.split('T').nth(1)?.trim_end_matches('Z');
+    let mut it = hms.split(':');
+    let h: f64 = it.next()?.parse().ok()?;
+    let m: f64 = it.next()?.parse().ok()?;
+    let s: f64 = it.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// The daemon's own view of each proxied commit, from its JSON log (one
+/// client, so commits do not overlap), skipping the first `skip`:
+/// * add: received -> "proposal judged" (staticd `Get`, intents, the core's
+///   detectors and policy) -> "change applied" (journal fsync, spawn, the
+///   forwarded `Commit`) -> "commit answered";
+/// * delete: received -> "route change not judged" (staticd `Get`) ->
+///   "commit answered" (the forwarded `Commit`).
+fn commit_segments(log: &Path, skip: usize) -> Result<Value> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("read {}", log.display()))?;
+    let mut seg: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut cur: Option<(f64, Vec<(&'static str, f64)>)> = None;
+    let mut n = 0usize;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let (Some(msg), Some(t)) = (v["message"].as_str(), tod(&v)) else { continue };
+        match msg {
+            "northbound proxy: commit" => cur = Some((t, Vec::new())),
+            "proposal judged" => cur.iter_mut().for_each(|c| c.1.push(("judged", t))),
+            "change applied" => cur.iter_mut().for_each(|c| c.1.push(("applied", t))),
+            m if m.starts_with("northbound proxy: route change not judged") => {
+                cur.iter_mut().for_each(|c| c.1.push(("not_judged", t)))
+            }
+            "northbound proxy: commit answered" => {
+                let Some((t0, marks)) = cur.take() else { continue };
+                n += 1;
+                if n <= skip {
+                    continue;
+                }
+                let at = |k: &str| marks.iter().find(|(m, _)| *m == k).map(|(_, t)| *t);
+                let ms = |a: f64, b: f64| (b - a) * 1000.0;
+                match (at("judged"), at("applied"), at("not_judged")) {
+                    (Some(j), Some(a), _) => {
+                        seg.entry("add: received -> judged (Get + intents + core)").or_default().push(ms(t0, j));
+                        seg.entry("add: judged -> applied (journal + forwarded Commit)").or_default().push(ms(j, a));
+                        seg.entry("add: applied -> answered").or_default().push(ms(a, t));
+                        seg.entry("add: received -> answered").or_default().push(ms(t0, t));
+                    }
+                    (_, _, Some(g)) => {
+                        seg.entry("delete: received -> Get done").or_default().push(ms(t0, g));
+                        seg.entry("delete: Get done -> answered (forwarded Commit)").or_default().push(ms(g, t));
+                        seg.entry("delete: received -> answered").or_default().push(ms(t0, t));
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for (k, v) in &seg {
+        let s = Stats::of(v);
+        println!("northbound: 1. daemon side, {k}: {}", s.line("ms"));
+        out.insert(k.to_string(), s.json());
+    }
+    Ok(Value::Object(out))
+}
+
+async fn get_raw(c: &mut NorthboundClient<Channel>) -> Result<Vec<u8>> {
+    let req = fpb::GetRequest {
+        r#type: fpb::get_request::DataType::Config as i32,
+        encoding: fpb::Encoding::Json as i32,
+        with_defaults: false,
+        path: vec!["/frr-routing:routing".into()],
+    };
+    let mut s = c.get(req).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.message().await? {
+        out.extend_from_slice(r.data.map(|d| d.data).unwrap_or_default().as_bytes());
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Part 2: Evaluate on a 1M-route model.
+
+struct Generated {
+    v4: usize,
+    v6: usize,
+    /// First IPv6 3-way multipath route: its prefix.
+    multipath_v6: String,
+}
+
+fn route_members_v6(n: u32) -> String {
+    (1..=n).map(|i| format!(" nexthop via fd00:{i}::2 dev rgr{i}")).collect()
+}
+
+/// The ECMP bench's route shape: BGP-like, deterministic, de-duplicated.
+fn write_route_batches(dir: &Path, total: usize) -> Result<(PathBuf, PathBuf, Generated)> {
+    let n4 = total * 4 / 5;
+    let n6 = total - n4;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let v4p = dir.join("v4.batch");
+    let v6p = dir.join("v6.batch");
+    let mut seen4: HashSet<(u32, u8)> = HashSet::with_capacity(n4);
+    let mut w = BufWriter::new(File::create(&v4p)?);
+    while seen4.len() < n4 {
+        let x = rng.next();
+        let first = (x % 223 + 1) as u32;
+        if first == 10 || first == 127 || first == 100 || first == 169 || first == 172 || first == 192 {
+            continue;
+        }
+        let len: u8 = if (x >> 8) % 10 < 6 { 24 } else { 16 + ((x >> 16) % 8) as u8 };
+        let addr = ((first << 24) | ((x >> 24) as u32 & 0x00ff_ffff)) & (u32::MAX << (32 - len));
+        if !seen4.insert((addr, len)) {
+            continue;
+        }
+        let p = format!("{}/{len}", Ipv4Addr::from(addr));
+        let k = (x >> 40) % 3 + 1;
+        if (x >> 48).is_multiple_of(10) {
+            let m: String = (1..=3).map(|i| format!(" nexthop via 10.{i}.0.2 dev rgr{i}")).collect();
+            writeln!(w, "route add {p}{m}")?;
+        } else {
+            writeln!(w, "route add {p} via 10.{k}.0.2 dev rgr{k}")?;
+        }
+    }
+    w.flush()?;
+    let mut seen6: HashSet<(u128, u8)> = HashSet::with_capacity(n6);
+    let mut w = BufWriter::new(File::create(&v6p)?);
+    let mut multipath_v6 = String::new();
+    while seen6.len() < n6 {
+        let x = rng.next();
+        let y = rng.next();
+        let len: u8 = if x.is_multiple_of(2) { 48 } else { 32 + ((x >> 8) % 16) as u8 };
+        let hi = (0x2000u128 | ((y >> 48) as u128 & 0x1fff)) << 112;
+        let addr = (hi | ((y as u128 & 0xffff_ffff_ffff) << 64)) & (u128::MAX << (128 - len as u32));
+        // 2001:db8::/32 is the lab's own (the anycast-gateway route).
+        if (addr >> 96) == 0x2001_0db8 || !seen6.insert((addr, len)) {
+            continue;
+        }
+        let p = format!("{}/{len}", Ipv6Addr::from(addr));
+        let k = (x >> 40) % 3 + 1;
+        if (x >> 48).is_multiple_of(10) {
+            if multipath_v6.is_empty() {
+                multipath_v6 = p.clone();
+            }
+            writeln!(w, "route add {p}{}", route_members_v6(3))?;
+        } else {
+            writeln!(w, "route add {p} via fd00:{k}::2 dev rgr{k}")?;
+        }
+    }
+    w.flush()?;
+    Ok((v4p, v6p, Generated { v4: n4, v6: n6, multipath_v6 }))
+}
+
+/// The detectors' context: no flows, no peers, no hairpin filters, kernel
+/// facts as a daemon without a self-test result has them.
+fn ctx<'a>(model: &'a Model, flows: &'a FlowTable, kernel: &'a KernelFacts) -> Context<'a> {
+    Context { model, flows, kernel, peers: &[], hairpin_filters: &NO_FILTERS }
+}
+
+static NO_FILTERS: BTreeSet<String> = BTreeSet::new();
+
+/// An intent in its gRPC text form (`kind`: the `ChangeRequest` field).
+struct Case {
+    name: &'static str,
+    kind: &'static str,
+    text: String,
+}
+
+impl Case {
+    fn parse(&self) -> Result<Intent> {
+        let r = match self.kind {
+            "route_replace" => intent::parse_route_replace(&self.text).map(Intent::RouteReplace),
+            "sysctl" => intent::parse_sysctl(&self.text),
+            "link" => intent::parse_link(&self.text),
+            "address_add" => intent::parse_address_add(&self.text),
+            "tunnel" => intent::parse_tunnel(&self.text),
+            k => bail!("unknown kind {k}"),
+        };
+        r.map_err(|e| anyhow!("{}: {e}", self.text))
+    }
+
+    fn request(&self) -> pb::ChangeRequest {
+        use pb::change_request::Intent as I;
+        let t = self.text.clone();
+        let intent = match self.kind {
+            "route_replace" => I::RouteReplace(t),
+            "sysctl" => I::Sysctl(t),
+            "link" => I::Link(t),
+            "address_add" => I::AddressAdd(t),
+            _ => I::Tunnel(t),
+        };
+        pb::ChangeRequest { intent: Some(intent), requester: "bench".into() }
+    }
+}
+
+fn build_eval_lab(ns: &str) -> Result<()> {
+    run_ok("ip", &["netns", "add", ns])?;
+    track(|c| c.namespaces.push(ns.to_string()));
+    ip(ns, &["link", "set", "lo", "up"])?;
+    ip(ns, &["link", "add", "rgbr0", "type", "bridge"])?;
+    ip(ns, &["link", "set", "rgbr0", "up"])?;
+    for i in 1..=3 {
+        let (r, p) = (format!("rgr{i}"), format!("rgp{i}"));
+        ip(ns, &["link", "add", &r, "type", "veth", "peer", "name", &p])?;
+        ip(ns, &["link", "set", &r, "up"])?;
+        ip(ns, &["link", "set", &p, "up"])?;
+        ip(ns, &["-6", "addr", "add", &format!("fd00:{i}::1/64"), "dev", &r, "nodad"])?;
+        ip(ns, &["addr", "add", &format!("10.{i}.0.1/24"), "dev", &r])?;
+    }
+    // A bridge port (the hairpin intent's target).
+    ip(ns, &["link", "set", "rgp1", "master", "rgbr0"])?;
+    // The Subnet-Router anycast hazard: a prefix on rgr3 and a route whose
+    // gateway is that prefix's `prefix::`.
+    ip(ns, &["-6", "addr", "add", "fdc0:3489:e0fd::1/64", "dev", "rgr3", "nodad"])?;
+    ip(ns, &["-6", "route", "add", "2001:db8::/32", "via", "fdc0:3489:e0fd::", "dev", "rgr3"])?;
+    Ok(())
+}
+
+fn evaluate_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
+    build_eval_lab(ns)?;
+    let (v4b, v6b, gen) = write_route_batches(dir, p.routes)?;
+    println!("northbound: 2. loading {} IPv4 + {} IPv6 routes (load {})", gen.v4, gen.v6, loadavg());
+    let t = Instant::now();
+    for f in [&v4b, &v6b] {
+        let st = Command::new("ip").args(["-n", ns, "-batch"]).arg(f).stdout(Stdio::null()).status()?;
+        if !st.success() {
+            bail!("ip -batch {} failed", f.display());
+        }
+    }
+    let load_secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&v4b);
+    let _ = std::fs::remove_file(&v6b);
+    println!("northbound: 2. loaded in {load_secs:.1} s (load {})", loadavg());
+
+    let (model, dump_secs) = in_ns(ns, "rgb-nb-dump", || {
+        let mut m = Model::default();
+        let mut sink: Vec<Applied> = Vec::new();
+        let t = Instant::now();
+        dump::dump_all(64 << 20, |batch| {
+            for c in batch {
+                m.apply(c, &mut sink);
+            }
+            sink.clear();
+        })?;
+        let names: HashMap<String, u32> = m.links.values().map(|l| (l.name.clone(), l.ifindex)).collect();
+        let s = sysctl::read(Path::new("/proc/sys"), &names);
+        m.apply(Change::Sysctls(s), &mut sink);
+        Ok((m, t.elapsed().as_secs_f64()))
+    })?;
+    let (n4, n6) = (model.routes.count_v4(), model.routes.count_v6());
+    println!("northbound: 2. model: {n4} IPv4 + {n6} IPv6 routes (dump {dump_secs:.2} s)");
+    if n4 + n6 < p.routes {
+        bail!("the model holds {} routes, fewer than the {} loaded", n4 + n6, p.routes);
+    }
+    let cases = vec![
+        Case {
+            name: "route replace of a multipath route (3 -> 2 members)",
+            kind: "route_replace",
+            text: format!("{}{}", gen.multipath_v6, route_members_v6(2)),
+        },
+        Case {
+            name: "sysctl all.forwarding=1 (hits the anycast gateway)",
+            kind: "sysctl",
+            text: "net.ipv6.conf.all.forwarding=1".into(),
+        },
+        Case {
+            name: "sysctl rgr1.forwarding=1 (no conflict)",
+            kind: "sysctl",
+            text: "net.ipv6.conf.rgr1.forwarding=1".into(),
+        },
+        Case { name: "address add", kind: "address_add", text: "fd00:77::1/64 dev rgr2".into() },
+        Case { name: "hairpin on a bridge port", kind: "link", text: "rgp1 hairpin on".into() },
+        Case { name: "sit tunnel to a local address", kind: "tunnel", text: "rgt0 type sit remote 10.1.0.1".into() },
+    ];
+    let dets = hazards::all();
+    let cfg = HazardsConfig::default();
+    let flows = FlowTable::default();
+    let kf = KernelFacts { kernel_version: hazards::running_kernel_version(), ..KernelFacts::default() };
+    let decide = |intent: &Intent| -> policy::Decision {
+        let c = ctx(&model, &flows, &kf);
+        let findings: Vec<Finding> = dets.iter().flat_map(|d| d.evaluate(&c, intent)).collect();
+        policy::decide(findings, &cfg)
+    };
+    // First call of each (cold caches), then warm-up, then N rounds that
+    // interleave the intents.
+    let load_start = loadavg();
+    let mut first = Vec::new();
+    for c in &cases {
+        let t = Instant::now();
+        let d = decide(&c.parse()?);
+        first.push(ms(t.elapsed()));
+        black_box(d);
+    }
+    for _ in 0..50 {
+        for c in &cases {
+            black_box(decide(&c.parse()?));
+        }
+    }
+    let mut lat: Vec<Vec<f64>> = vec![Vec::with_capacity(p.evals); cases.len()];
+    let mut verdicts: Vec<(String, usize)> = vec![Default::default(); cases.len()];
+    for _ in 0..p.evals {
+        for (i, c) in cases.iter().enumerate() {
+            let t = Instant::now();
+            let d = decide(&c.parse()?);
+            lat[i].push(ms(t.elapsed()));
+            verdicts[i] = (d.verdict.kind().to_string(), d.findings.len());
+        }
+    }
+    // Where the time goes: each detector's evaluate, and decide, alone.
+    let mut parts: Vec<BTreeMap<String, f64>> = Vec::new();
+    for c in &cases {
+        let intent = c.parse()?;
+        let cx = ctx(&model, &flows, &kf);
+        let mut m = BTreeMap::new();
+        let n = 200;
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(c.parse()?);
+        }
+        m.insert("parse".to_string(), ms(t.elapsed()) / n as f64);
+        let mut all = Vec::new();
+        for d in &dets {
+            let t = Instant::now();
+            let mut f = Vec::new();
+            for _ in 0..n {
+                f = black_box(d.evaluate(&cx, &intent));
+            }
+            m.insert(d.name().to_string(), ms(t.elapsed()) / n as f64);
+            all.extend(f);
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(policy::decide(all.clone(), &cfg));
+        }
+        m.insert("decide (incl. clone)".to_string(), ms(t.elapsed()) / n as f64);
+        parts.push(m);
+    }
+    let load_end = loadavg();
+    let mut inproc = serde_json::Map::new();
+    let mut worst_p99 = 0.0f64;
+    for (i, c) in cases.iter().enumerate() {
+        let s = Stats::of(&lat[i]);
+        worst_p99 = worst_p99.max(s.p99);
+        let parts_s: Vec<String> = parts[i].iter().map(|(k, v)| format!("{k} {:.1} µs", v * 1000.0)).collect();
+        println!(
+            "northbound: 2a. in process [{}]: {}; first call {:.3} ms; verdict {} ({} finding(s)); mean per part: {}",
+            c.name,
+            s.line("ms"),
+            first[i],
+            verdicts[i].0,
+            verdicts[i].1,
+            parts_s.join(", ")
+        );
+        inproc.insert(
+            c.name.to_string(),
+            json!({"text": c.text, "kind": c.kind, "ms": s.json(), "first_ms": first[i], "verdict": verdicts[i].0,
+                   "findings": verdicts[i].1, "parts_mean_ms": parts[i]}),
+        );
+    }
+    let all: Vec<f64> = lat.iter().flatten().copied().collect();
+    let sa = Stats::of(&all);
+    println!("northbound: 2a. in process, all intents: {} (load {load_start} -> {load_end})", sa.line("ms"));
+    let inproc_pass = worst_p99 <= 1.0;
+    drop(model);
+
+    // ---- Through the daemon.
+    let mut grpc = json!(null);
+    let mut grpc_pass = None;
+    if p.grpc > 0 {
+        let mut d = Daemon::spawn(&p.daemon, ns, dir, "eval", "")?;
+        let dump_s = d.wait_dump()?;
+        let pid = d.pid()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let st = status(&rt, &d.sock)?;
+        println!(
+            "northbound: 2b. daemon: first dump {dump_s:.2} s after spawn; routes {}+{}, stale {} (load {})",
+            st.counts.get("routes_v4").copied().unwrap_or(0),
+            st.counts.get("routes_v6").copied().unwrap_or(0),
+            st.stale,
+            loadavg()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let load_start = loadavg();
+        // One channel, as `client::connect` builds it, for the Guard client
+        // and for gRPC health: `Check` answers without the core, so it is
+        // the cost of the transport alone, measured interleaved.
+        let channel = rt.block_on(unix_channel(&d.sock))?;
+        let mut client = pb::guard_client::GuardClient::new(channel.clone());
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        for _ in 0..5 {
+            for c in &cases {
+                rt.block_on(client.evaluate(c.request()))?;
+                rt.block_on(health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }))?;
+            }
+        }
+        let mut rng = Rng(42);
+        let mut lat: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+        let mut base: Vec<f64> = Vec::new();
+        let mut verdicts: Vec<String> = vec![String::new(); cases.len()];
+        let c0 = (cpu_seconds(pid), Instant::now());
+        for _ in 0..p.grpc {
+            for (i, c) in cases.iter().enumerate() {
+                // A random pause, so requests land at any point of the
+                // daemon's periodic work.
+                std::thread::sleep(Duration::from_micros(rng.next() % 20_000));
+                let req = c.request();
+                let t = Instant::now();
+                let dec = rt.block_on(client.evaluate(req))?.into_inner();
+                lat[i].push(ms(t.elapsed()));
+                verdicts[i] = dec.verdict;
+                std::thread::sleep(Duration::from_micros(rng.next() % 20_000));
+                let t = Instant::now();
+                rt.block_on(health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }))?;
+                base.push(ms(t.elapsed()));
+            }
+        }
+        let busy = (cpu_seconds(pid) - c0.0) / c0.1.elapsed().as_secs_f64();
+        let load_end = loadavg();
+        drop(client);
+        drop(health);
+        drop(rt);
+        d.stop()?;
+        let mut per = serde_json::Map::new();
+        let mut worst = 0.0f64;
+        for (i, c) in cases.iter().enumerate() {
+            let s = Stats::of(&lat[i]);
+            worst = worst.max(s.p99);
+            println!("northbound: 2b. gRPC Evaluate [{}]: {}; verdict {}", c.name, s.line("ms"), verdicts[i]);
+            per.insert(c.name.to_string(), json!({"ms": s.json(), "verdict": verdicts[i]}));
+        }
+        let all: Vec<f64> = lat.iter().flatten().copied().collect();
+        let sg = Stats::of(&all);
+        println!(
+            "northbound: 2b. gRPC Evaluate, all intents: {}; daemon CPU {:.0} % of a core meanwhile (load {load_start} \
+             -> {load_end})",
+            sg.line("ms"),
+            busy * 100.0
+        );
+        let sb = Stats::of(&base);
+        println!("northbound: 2b. gRPC health Check on the same channel (no core), interleaved: {}", sb.line("ms"));
+        grpc_pass = Some(worst <= 1.0);
+        grpc = json!({"per_intent": per, "all_ms": sg.json(), "health_check_ms": sb.json(), "worst_p99_ms": worst, "first_dump_secs": dump_s,
+                      "daemon_cpu_fraction": busy, "load_start": load_start, "load_end": load_end});
+    }
+    Ok(json!({
+        "routes_loaded": {"v4": gen.v4, "v6": gen.v6, "secs": load_secs},
+        "model": {"routes_v4": n4, "routes_v6": n6, "dump_secs": dump_secs},
+        "inproc": inproc, "inproc_all_ms": sa.json(), "load_start": load_start, "load_end": load_end,
+        "grpc": grpc,
+        "target": {"goal": "Evaluate p99 <= 1 ms, every intent", "inproc_worst_p99_ms": worst_p99,
+                   "inproc_pass": inproc_pass, "grpc_pass": grpc_pass},
+    }))
+}
+
+// ---------------------------------------------------------------------------
+
+struct Params {
+    parts: Vec<String>,
+    calls: usize,
+    batch: usize,
+    routes: usize,
+    evals: usize,
+    grpc: usize,
+    daemon: PathBuf,
+}
+
+fn bench(p: &Params, pid: u32, dir: &Path) -> Result<Value> {
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "machine".into(),
+        json!({
+            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "kernel": routeguard::kernel_release(),
+            "load_start": loadavg(),
+        }),
+    );
+    if p.parts.iter().any(|s| s == "proxy") {
+        out.insert("proxy".into(), proxy_part(p, &format!("rgbnb-{pid}"), dir)?);
+    }
+    if p.parts.iter().any(|s| s == "evaluate") {
+        out.insert("evaluate".into(), evaluate_part(p, &format!("rgbnbe-{pid}"), dir)?);
+    }
+    out.insert("load_end".into(), json!(loadavg()));
+    Ok(Value::Object(out))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("northbound: skipped (not a test; run `cargo bench --bench northbound` as root)");
+        return;
+    }
+    // SAFETY: geteuid(2) has no preconditions.
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        eprintln!("northbound: needs root (network namespaces, FRR, 1M routes)");
+        std::process::exit(1);
+    }
+    let params = (|| -> Result<Params> {
+        let batch = env_u64("RGBENCH_NB_BATCH", 50)?.max(2) as usize;
+        if !batch.is_multiple_of(2) {
+            bail!("RGBENCH_NB_BATCH must be even (a batch adds and deletes the route alternately)");
+        }
+        Ok(Params {
+            parts: std::env::var("RGBENCH_NB_PARTS")
+                .unwrap_or_else(|_| "proxy,evaluate".into())
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
+            calls: env_u64("RGBENCH_NB_CALLS", 1000)?.max(1) as usize,
+            batch,
+            routes: env_u64("RGBENCH_NB_ROUTES", 1_000_000)? as usize,
+            evals: env_u64("RGBENCH_NB_EVALS", 1000)?.max(1) as usize,
+            grpc: env_u64("RGBENCH_NB_GRPC", 200)? as usize,
+            daemon: daemon_bin()?,
+        })
+    })();
+    let params = match params {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("northbound: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let pid = std::process::id();
+    let dir = PathBuf::from(format!("/tmp/rgbnb-{pid}"));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("northbound: cannot create {}: {e}", dir.display());
+        std::process::exit(1);
+    }
+    *registry() = Some(Cleanup { namespaces: Vec::new(), frr: Vec::new(), dir: dir.clone(), pids: Vec::new() });
+    install_signal_watcher();
+    let result = {
+        let _guard = Guard;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench(&params, pid, &dir)));
+        match r {
+            Ok(r) => r,
+            Err(_) => Err(anyhow!("panicked")),
+        }
+    };
+    match result {
+        Ok(summary) => println!("northbound summary: {summary}"),
+        Err(e) => {
+            eprintln!("northbound: FAILED: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
