@@ -13,15 +13,18 @@ use serde_json::Value;
 const FLOWS: usize = 60;
 
 fn start_guard(lab: &EcmpLab, action: &str) -> Daemon {
+    start_guard_with(lab, action, &[])
+}
+
+fn start_guard_with(lab: &EcmpLab, action: &str, extra: &[(&str, &str)]) -> Daemon {
     let poll = format!("{}ms", 200 * slowdown());
-    let d = Daemon::start(
-        &lab.r,
-        &[
-            ("ROUTEGUARD_KERNEL__SOCK_POLL_INTERVAL", poll.as_str()),
-            ("ROUTEGUARD_HAZARDS__ECMP_REHASH__ACTION", action),
-            ("ROUTEGUARD_SELFTEST__ON_START", "true"),
-        ],
-    );
+    let mut env = vec![
+        ("ROUTEGUARD_KERNEL__SOCK_POLL_INTERVAL", poll.as_str()),
+        ("ROUTEGUARD_HAZARDS__ECMP_REHASH__ACTION", action),
+        ("ROUTEGUARD_SELFTEST__ON_START", "true"),
+    ];
+    env.extend_from_slice(extra);
+    let d = Daemon::start(&lab.r, &env);
     eventually(slow(Duration::from_secs(60)), || {
         let s = d.json(&["status"]);
         (s["selftest"] == "done").then_some(()).ok_or(format!("self-test: {}", s["selftest"]))
@@ -325,4 +328,37 @@ fn a_nexthop_group_replace_is_judged_and_breaks_exactly_the_predicted_flows() {
     let broken: BTreeSet<u64> = h.check().into_iter().collect();
     eprintln!("predicted {}, broken {}", predicted.len(), broken.len());
     assert_eq!(broken, predicted);
+}
+
+#[test]
+fn a_resilient_stage_installs_the_change_as_a_resilient_group_once_flows_drain() {
+    let lab = EcmpLab::new("ecI", true, 1);
+    let d = start_guard_with(&lab, "stage", &[("ROUTEGUARD_HAZARDS__ECMP_REHASH__STAGE_MITIGATION", "resilient")]);
+    let mut h = lab.holder();
+    h.open(FLOWS);
+    wait_flows_known_in(&lab, &d, FLOWS);
+    // Drop member 3: every flow on the route is at risk, so the stage waits.
+    let two = lab.route_spec().replacen(" nexthop via fd00:3::2 dev rgr3", "", 1);
+    let v = d.json(&["propose", "--route-replace", &two]);
+    assert_eq!((v["verdict"].as_str(), v["outcome"].as_str()), (Some("stage"), Some("pending")), "{v}");
+    assert!(v["side_effects"].to_string().contains("source-port problem"), "{v}");
+    std::thread::sleep(slow(Duration::from_secs(2)));
+    let route = || lab.r.ip(&["-6", "route", "show", &format!("{}/128", lab.anycast())]);
+    assert!(route().contains("rgr3"), "applied while flows were open: {}", route());
+    assert!(h.check().is_empty(), "no connection may break while the change waits");
+    h.close();
+    wait_pending_drained(&d);
+    // The route is on a resilient group of the two remaining members.
+    let r = route();
+    let nhid = r.split_whitespace().skip_while(|w| *w != "nhid").nth(1).unwrap_or_else(|| panic!("no nhid: {r}"));
+    let g = lab.r.ip(&["nexthop", "show", "id", nhid]);
+    assert!(g.contains("type resilient"), "{g}");
+    assert_eq!(g.split("group ").nth(1).unwrap().split_whitespace().next().unwrap().split('/').count(), 2, "{g}");
+    let members = lab.r.ip(&["-6", "nexthop", "show"]);
+    assert!(members.contains("fd00:1::2 dev rgr1") && members.contains("fd00:2::2 dev rgr2"), "{members}");
+    assert!(!members.contains("rgr3"), "{members}");
+    // New flows ride it and the guard predicts them as on any route.
+    let mut h = lab.holder();
+    h.open(FLOWS);
+    wait_flows_known_in(&lab, &d, FLOWS);
 }

@@ -395,6 +395,7 @@ fn held_record(id: u64, ask: &ChangeAsk, plan: Plan, deadline_ms: u64, on_timeou
     let (plan, fields) = match plan {
         Plan::Delay => ("delay", None),
         Plan::StageHashFields(f) => ("stage_hash_fields", Some(f)),
+        Plan::StageResilient => ("stage_resilient", None),
     };
     Record::Held {
         change_id: id,
@@ -428,6 +429,7 @@ fn resume_pending(r: &crate::journal::Replay, default_timeout: OnTimeout) -> Vec
             }
             let plan = match (plan.as_str(), fields) {
                 ("stage_hash_fields", Some(f)) => Plan::StageHashFields(*f),
+                ("stage_resilient", _) if matches!(intent, Intent::RouteReplace(_)) => Plan::StageResilient,
                 _ => Plan::Delay,
             };
             let on_timeout = match on_timeout.as_str() {
@@ -477,6 +479,9 @@ enum Plan {
     /// Once no IPv6 flow rides a multipath route: set the port-free hash,
     /// then apply.
     StageHashFields(u32),
+    /// Once no local flow rides the changed route: install the change as
+    /// a resilient nexthop group.
+    StageResilient,
 }
 
 /// An unplanned kernel change that invalidated armed flows.
@@ -1015,7 +1020,7 @@ impl Core {
                         intent: p.ask.intent.clone(),
                         verdict: match p.plan {
                             Plan::Delay => "delay",
-                            Plan::StageHashFields(_) => "stage",
+                            Plan::StageHashFields(_) | Plan::StageResilient => "stage",
                         },
                         state: p.state.clone(),
                         age_seconds: now.duration_since(p.since).as_secs(),
@@ -1723,6 +1728,11 @@ impl Core {
             Verdict::Delay { .. } | Verdict::Stage { .. } => {
                 let plan = match &decision.verdict {
                     Verdict::Stage { plan: Staging::HashFields(fields), .. } => Plan::StageHashFields(*fields),
+                    Verdict::Stage { plan: Staging::ResilientGroup, .. }
+                        if matches!(ask.intent, Intent::RouteReplace(_)) =>
+                    {
+                        Plan::StageResilient
+                    }
                     _ => Plan::Delay,
                 };
                 let max_wait = match &decision.verdict {
@@ -1732,6 +1742,7 @@ impl Core {
                 let state = match plan {
                     Plan::Delay => "waiting until no flow would move".to_string(),
                     Plan::StageHashFields(_) => "waiting until no local flow rides an IPv6 multipath route".to_string(),
+                    Plan::StageResilient => "waiting until no local flow rides the route being changed".to_string(),
                 };
                 let now = Instant::now();
                 let on_timeout = self.settings.hazards.ecmp_rehash.on_timeout;
@@ -1773,7 +1784,9 @@ impl Core {
             }
             let ready = self.sockets_polled
                 && match p.plan {
-                    Plan::Delay => {
+                    // A resilient stage waits like a delay (nothing the change
+                    // touches would move), then installs it through a group.
+                    Plan::Delay | Plan::StageResilient => {
                         !self.stale
                             && !self.predicting_unknown()
                             && self.decide(&p.ask.intent).verdict == Verdict::Allow
@@ -1785,6 +1798,7 @@ impl Core {
                 let intent = p.ask.intent.clone();
                 let pre = match p.plan {
                     Plan::StageHashFields(fields) => Some(Staging::HashFields(fields)),
+                    Plan::StageResilient => Some(Staging::ResilientGroup),
                     Plan::Delay => None,
                 };
                 if let Err(e) = self.journal_release(id, !ready, pre.as_ref()) {
@@ -1894,6 +1908,7 @@ impl Core {
             }
             let pre = match p.plan {
                 Plan::StageHashFields(f) => Some(Staging::HashFields(f)),
+                Plan::StageResilient => Some(Staging::ResilientGroup),
                 Plan::Delay => None,
             };
             (p.ask.intent.clone(), pre)
@@ -2016,6 +2031,14 @@ async fn apply_intent(
             if let Some((apply, released)) = via.take() {
                 notes.push(apply(released).await?);
             }
+        }
+        Intent::RouteReplace(spec) if matches!(staging, Some(Staging::ResilientGroup)) => {
+            let s = spec.clone();
+            let group = tokio::task::spawn_blocking(move || writer::route_replace_resilient(&s))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            notes.push(format!("route {} replaced via resilient nexthop group {group}; verified", spec.dst));
         }
         Intent::RouteReplace(spec) => {
             let names = writer::link_names().await.map_err(|e| e.to_string())?;

@@ -162,6 +162,67 @@ pub fn tunnel_set(
     ip_cmd(&format!("tunnel {name}"), &args)
 }
 
+/// Buckets of the resilient groups the guard creates.
+const RESILIENT_BUCKETS: u32 = 128;
+
+/// Installs `spec` as a resilient nexthop group: one nexthop object per
+/// member, a `type resilient` group of them, then the route pointed at the
+/// group (`ip route replace DST [table T] [metric M] nhid G`), and verifies
+/// the route uses it. Ids are the lowest free ones above those in use.
+/// Returns the group id.
+pub fn route_replace_resilient(spec: &RouteSpec) -> Result<u32, WriteError> {
+    let dst = spec.dst.to_string();
+    let fam = if spec.dst.is_ipv6() { "-6" } else { "-4" };
+    let used: Vec<u32> = {
+        let out = std::process::Command::new("ip")
+            .args(["-j", "nexthop", "show"])
+            .output()
+            .map_err(|e| WriteError::Command { what: "nexthop ids".into(), reason: e.to_string() })?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        v.as_array().into_iter().flatten().filter_map(|n| n["id"].as_u64()).map(|i| i as u32).collect()
+    };
+    let mut next = used.iter().copied().max().unwrap_or(0).max(1000) + 1;
+    let mut members = Vec::new();
+    for m in &spec.members {
+        valid_ifname(&m.dev)?;
+        let id = next;
+        next += 1;
+        let id_s = id.to_string();
+        let mut args = vec![fam, "nexthop", "add", "id", id_s.as_str()];
+        let gw = m.gateway.map(|g| g.to_string());
+        if let Some(g) = &gw {
+            args.extend(["via", g.as_str()]);
+        }
+        args.extend(["dev", m.dev.as_str()]);
+        ip_cmd(&format!("nexthop {id}"), &args)?;
+        members.push(format!("{id},{}", m.weight));
+    }
+    let group = next;
+    let (g_s, spec_s, buckets) = (group.to_string(), members.join("/"), RESILIENT_BUCKETS.to_string());
+    ip_cmd(
+        &format!("nexthop group {group}"),
+        &["nexthop", "add", "id", &g_s, "group", &spec_s, "type", "resilient", "buckets", &buckets],
+    )?;
+    let (table, metric) = (spec.table.to_string(), spec.metric.map(|m| m.to_string()));
+    let mut args = vec![fam, "route", "replace", dst.as_str(), "table", table.as_str()];
+    if let Some(m) = &metric {
+        args.extend(["metric", m.as_str()]);
+    }
+    args.extend(["nhid", g_s.as_str()]);
+    ip_cmd(&format!("route {dst}"), &args)?;
+    let out = std::process::Command::new("ip")
+        .args([fam, "route", "show", &dst, "table", &table])
+        .output()
+        .map_err(|e| WriteError::Command { what: format!("route {dst}"), reason: e.to_string() })?;
+    if !String::from_utf8_lossy(&out.stdout).contains(&format!("nhid {group}")) {
+        return Err(WriteError::Command {
+            what: format!("route {dst}"),
+            reason: format!("not on nexthop group {group} after the replace"),
+        });
+    }
+    Ok(group)
+}
+
 /// Replaces nexthop group `id`'s members, like `ip nexthop replace id ID
 /// group A,W/B,W`.
 pub fn nexthop_group_replace(id: u32, members: &[(u32, u16)]) -> Result<(), WriteError> {

@@ -186,11 +186,6 @@ impl HazardsConfig {
                 .into());
         }
         let e = &self.ecmp_rehash;
-        if e.stage_mitigation == StageMitigation::Resilient {
-            return Err("key `hazards.ecmp_rehash.stage_mitigation`: \"resilient\" is not supported yet; \
-                        use \"hash_fields\""
-                .into());
-        }
         // The connect-time lookup of an IPv6 socket hashes neither its real
         // source address nor its source port (measured by the self-test on
         // 6.18: fields with either moved 23-25 of 30 flows, 0x000e none).
@@ -267,6 +262,10 @@ pub enum Staging {
     DisableForwardingOn(Vec<String>),
     /// Install the hairpin reflection filter for this port, then apply.
     ReflectionFilter(String),
+    /// Wait until no local flow rides the changed route, then install the
+    /// change as a resilient nexthop group (members as nexthop objects) and
+    /// point the route at it.
+    ResilientGroup,
 }
 
 /// Verdict plus the findings behind it.
@@ -367,6 +366,24 @@ pub fn decide(findings: Vec<Finding>, cfg: &HazardsConfig) -> Decision {
                 )],
                 plan: Staging::ReflectionFilter(port),
             },
+            (Action::Stage, None) if cfg.ecmp_rehash.stage_mitigation == StageMitigation::Resilient => Verdict::Stage {
+                plan: Staging::ResilientGroup,
+                steps: vec![
+                    "wait until no established local flow rides the route being changed".into(),
+                    "create nexthop objects for the new members and a resilient nexthop group of them".into(),
+                    "point the route at the group (this is the change)".into(),
+                    "verify the route uses the group".into(),
+                ],
+                reason: reasons.join("; "),
+                side_effects: vec![
+                    "the route uses nexthop objects from now on: a later member change re-maps only the buckets of \
+                     the members that change (forwarded traffic keeps its paths)"
+                        .into(),
+                    "it does not fix the source-port problem (field-notes): a later identical replace still moves \
+                     local flows whose connect-time lookup chose another member; the guard keeps judging them"
+                        .into(),
+                ],
+            },
             (Action::Stage, None) => Verdict::Stage {
                 plan: Staging::HashFields(cfg.ecmp_rehash.hash_fields),
                 steps: vec![
@@ -462,7 +479,7 @@ mod tests {
         assert!(cfg.validate().unwrap_err().contains("source address"));
         cfg.ecmp_rehash.hash_fields = 0x000e;
         cfg.ecmp_rehash.stage_mitigation = StageMitigation::Resilient;
-        assert!(cfg.validate().unwrap_err().contains("not supported yet"));
+        assert!(cfg.validate().is_ok(), "resilient is a supported stage plan");
     }
 
     #[test]
