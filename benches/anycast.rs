@@ -71,10 +71,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -85,6 +83,10 @@ use serde_json::{json, Value};
 use routeguard::kernel::decode::netconf::{parse_netconf, NetconfScope, RTM_NEWNETCONF, RTNLGRP_IPV6_NETCONF};
 use routeguard::kernel::decode::split_messages;
 use routeguard::kernel::nl;
+
+#[path = "common/mod.rs"]
+mod common;
+use common::{cpu_seconds, die_with_parent, ip, loadavg, ns_pids, run_ok, Guard};
 
 const IFACE: &str = "rgbv0";
 const PEER_IFACE: &str = "rgbv1";
@@ -109,7 +111,6 @@ struct Cleanup {
 }
 
 static CLEANUP: Mutex<Option<Cleanup>> = Mutex::new(None);
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 fn with_registry(f: impl FnOnce(&mut Cleanup)) {
     if let Some(c) = CLEANUP.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
@@ -123,14 +124,6 @@ fn kill(pid: u32, sig: i32) {
     unsafe {
         libc::kill(pid as libc::pid_t, sig);
     }
-}
-
-fn ns_pids(ns: &str) -> Vec<u32> {
-    Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
-        .unwrap_or_default()
 }
 
 /// Kills what we started and everything in the namespace, deletes the
@@ -155,81 +148,13 @@ fn cleanup() {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let del = Command::new("ip").args(["netns", "del", &c.ns]).stderr(Stdio::null()).status();
-        if !matches!(del, Ok(s) if s.success()) {
-            eprintln!("anycast: WARNING: could not delete namespace {}; run `ip netns del {}`", c.ns, c.ns);
-        }
+        common::delete_ns("anycast", &c.ns);
     }
     let _ = std::fs::remove_dir_all(&c.dir);
 }
 
-struct Guard;
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        cleanup();
-    }
-}
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_watcher() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    std::thread::spawn(|| loop {
-        if SIGNALLED.load(Ordering::SeqCst) {
-            eprintln!("anycast: interrupted; cleaning up");
-            cleanup();
-            std::process::exit(130);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    });
-}
-
-/// Children die with us even if we are SIGKILLed (`ip netns exec` keeps it
-/// across its exec).
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        })
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Helpers.
-
-fn run_ok(prog: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(prog).args(args).output().with_context(|| format!("spawn {prog}"))?;
-    if !out.status.success() {
-        bail!("`{prog} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(ns: &str, args: &[&str]) -> Result<String> {
-    let mut a = vec!["-n", ns];
-    a.extend_from_slice(args);
-    run_ok("ip", &a)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 fn uptime() -> String {
     run_ok("uptime", &[]).map(|s| s.trim().to_string()).unwrap_or_else(|_| format!("loadavg {}", loadavg()))
@@ -263,18 +188,6 @@ fn cpu_model() -> String {
         .and_then(|l| l.split(':').nth(1))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "?".into())
-}
-
-/// CPU seconds (user + system) of a process.
-fn cpu_seconds(pid: u32) -> f64 {
-    // SAFETY: sysconf(3) has no preconditions.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(close) = stat.rfind(')') else { return 0.0 };
-    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / hz
 }
 
 /// Nanoseconds the threads of `pid` have spent waiting on a run queue
@@ -1014,9 +927,9 @@ fn main() {
         std::process::exit(1);
     }
     *CLEANUP.lock().unwrap() = Some(Cleanup { ns: ns.clone(), dir: dir.clone(), pids: Vec::new(), ns_created: false });
-    install_signal_watcher();
+    common::install_signal_watcher("anycast", &[libc::SIGINT, libc::SIGTERM], cleanup);
     let result = {
-        let _guard = Guard;
+        let _guard = Guard(cleanup);
         let r = bench(&ns, &dir, &params);
         // Keep the daemon's log when asked (the scratch directory goes).
         if let Some(keep) = std::env::var_os("RGBENCH_ANYCAST_LOG") {

@@ -60,11 +60,8 @@ use std::fs::File;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +79,13 @@ use routeguard::model::{Applied, Change, Model, SocketPolls, TcpSocket, TABLE_MA
 use routeguard::policy::intent::{parse_route_replace, Intent, MemberSpec, RouteSpec};
 use routeguard::policy::{self, HazardsConfig};
 use routeguard::proto::guard as pb;
+
+#[path = "common/mod.rs"]
+mod common;
+use common::{
+    cpu_seconds, daemon_bin, die_with_parent, env_u64, in_ns_named, ip, kill, loadavg, ns_sysctl, run_ok, Guard, Rng,
+    Stats,
+};
 
 /// Destination ports of the flows (one listener per port per node).
 const PORTS: [u16; 4] = [7001, 7002, 7003, 7004];
@@ -111,7 +115,6 @@ struct Cleanup {
 }
 
 static CLEANUP: Mutex<Option<Cleanup>> = Mutex::new(None);
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 fn registry() -> std::sync::MutexGuard<'static, Option<Cleanup>> {
     CLEANUP.lock().unwrap_or_else(|e| e.into_inner())
@@ -129,25 +132,6 @@ fn track_ns(ns: &str) {
     }
 }
 
-fn kill(pid: u32, sig: i32) {
-    if pid == std::process::id() || pid == 0 {
-        return;
-    }
-    // SAFETY: kill(2) on a pid we started or found inside our namespace.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
-}
-
-fn ns_pids(ns: &str) -> Vec<u32> {
-    Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 /// Kills what we started and everything inside our namespaces (never this
 /// process), deletes the namespaces and the scratch directory. Idempotent.
 fn cleanup() {
@@ -157,141 +141,22 @@ fn cleanup() {
         kill(p, libc::SIGKILL);
     }
     for ns in &c.namespaces {
-        for _ in 0..50 {
-            let pids: Vec<u32> = ns_pids(ns).into_iter().filter(|&p| p != std::process::id()).collect();
-            if pids.is_empty() {
-                break;
-            }
-            for p in pids {
-                kill(p, libc::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::reap_ns(ns);
     }
     // Router first: its veths go with it.
     for ns in &c.namespaces {
-        let del = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        if !matches!(del, Ok(s) if s.success()) {
-            eprintln!("ecmp: WARNING: could not delete namespace {ns}; run `ip netns del {ns}`");
-        }
+        common::delete_ns("ecmp", ns);
     }
     let _ = std::fs::remove_dir_all(&c.dir);
-}
-
-struct Guard;
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        cleanup();
-    }
-}
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_watcher() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
-    }
-    std::thread::spawn(|| loop {
-        if SIGNALLED.load(Ordering::SeqCst) {
-            eprintln!("ecmp: interrupted; cleaning up");
-            cleanup();
-            std::process::exit(130);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    });
-}
-
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------
 // Small helpers.
 
-fn run_ok(prog: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(prog).args(args).output().with_context(|| format!("spawn {prog}"))?;
-    if !out.status.success() {
-        bail!("`{prog} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(ns: &str, args: &[&str]) -> Result<String> {
-    let mut a = vec!["-n", ns];
-    a.extend_from_slice(args);
-    run_ok("ip", &a)
-}
-
-fn ns_sysctl(ns: &str, kv: &str) -> Result<()> {
-    run_ok("ip", &["netns", "exec", ns, "sysctl", "-qw", kv]).map(|_| ())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().with_context(|| format!("{name}={v} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn daemon_bin() -> Result<PathBuf> {
-    let p = match std::env::var_os("RGBENCH_DAEMON") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_routeguard")),
-    };
-    if !p.is_file() {
-        bail!("daemon binary {} not found", p.display());
-    }
-    Ok(p)
-}
-
 /// Runs `f` on a new thread that has joined network namespace `ns`; sockets
 /// it creates stay in `ns`. The calling thread's namespace is untouched.
 fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     in_ns_named(ns, "rgb-ns", f)
-}
-
-/// [`in_ns`] with a thread name (shows up as `comm` in perf and /proc).
-fn in_ns_named<T: Send>(ns: &str, name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::scope(|s| {
-        std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn_scoped(s, move || {
-                let fd = File::open(&path).with_context(|| format!("open {path}"))?;
-                // SAFETY: setns(2) on a namespace fd we hold; affects this thread only.
-                #[allow(unsafe_code)]
-                let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-                if rc != 0 {
-                    return Err(anyhow!("setns({path}): {}", std::io::Error::last_os_error()));
-                }
-                f()
-            })?
-            .join()
-            .map_err(|_| anyhow!("thread in namespace {ns} panicked"))?
-    })
 }
 
 /// User and system CPU seconds of the calling thread.
@@ -320,68 +185,6 @@ fn softnet_dropped() -> u64 {
 fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
-}
-
-/// utime + stime of a process in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    // SAFETY: sysconf(3) has no preconditions.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let Some(close) = stat.rfind(')') else { return 0.0 };
-    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / hz
-}
-
-/// Summary statistics of durations, in the unit the caller scales to.
-#[derive(Clone, Debug)]
-struct Stats {
-    n: usize,
-    min: f64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-    mean: f64,
-}
-
-impl Stats {
-    fn of(v: &[f64]) -> Stats {
-        if v.is_empty() {
-            return Stats { n: 0, min: 0.0, p50: 0.0, p90: 0.0, p99: 0.0, max: 0.0, mean: 0.0 };
-        }
-        let mut s = v.to_vec();
-        s.sort_by(|a, b| a.total_cmp(b));
-        let q = |p: f64| s[((s.len() as f64 - 1.0) * p).round() as usize];
-        Stats {
-            n: s.len(),
-            min: s[0],
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            max: s[s.len() - 1],
-            mean: s.iter().sum::<f64>() / s.len() as f64,
-        }
-    }
-
-    fn json(&self) -> Value {
-        let r = |x: f64| (x * 1000.0).round() / 1000.0;
-        json!({"n": self.n, "min": r(self.min), "p50": r(self.p50), "p90": r(self.p90), "p99": r(self.p99),
-               "max": r(self.max), "mean": r(self.mean)})
-    }
-}
-
-/// xorshift64*: deterministic prefixes and gaps, no extra dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 fn canon(a: SocketAddr) -> SocketAddr {
@@ -1607,9 +1410,9 @@ fn main() {
         std::process::exit(1);
     }
     *registry() = Some(Cleanup { namespaces: Vec::new(), dir: dir.clone(), pids: Vec::new() });
-    install_signal_watcher();
+    common::install_signal_watcher("ecmp", &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], cleanup);
     let result = {
-        let _guard = Guard;
+        let _guard = Guard(cleanup);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench(&params, &r, &dir, pid)));
         match r {
             Ok(r) => r,

@@ -33,7 +33,6 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +46,10 @@ use routeguard::kernel::convert::convert;
 use routeguard::kernel::decode::split_messages;
 use routeguard::kernel::nl;
 use routeguard::model::{Applied, Change, Model};
+
+#[path = "common/mod.rs"]
+mod common;
+use common::{die_with_parent, env_u64, loadavg, ns_pids, run_ok, Guard};
 
 /// Receive buffer of the recorder: large enough that it never overruns.
 const RECORDER_RCVBUF: usize = 1 << 30;
@@ -67,7 +70,6 @@ struct Cleanup {
 }
 
 static CLEANUP: Mutex<Option<Cleanup>> = Mutex::new(None);
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 fn track_pid(pid: u32) {
     if let Some(c) = CLEANUP.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
@@ -81,14 +83,6 @@ fn kill(pid: u32, sig: i32) {
     unsafe {
         libc::kill(pid as libc::pid_t, sig);
     }
-}
-
-fn ns_pids(ns: &str) -> Vec<u32> {
-    Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
-        .unwrap_or_default()
 }
 
 /// Kills what we started, then everything inside the namespace, deletes the
@@ -113,79 +107,15 @@ fn cleanup() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let del = Command::new("ip").args(["netns", "del", &c.ns]).stderr(Stdio::null()).status();
-    if !matches!(del, Ok(s) if s.success()) {
-        eprintln!("kernel_model: WARNING: could not delete namespace {}; run `ip netns del {}`", c.ns, c.ns);
-    }
+    common::delete_ns("kernel_model", &c.ns);
     let _ = std::fs::remove_dir_all(&c.dir);
-}
-
-/// Deletes the namespace and scratch files when dropped.
-struct Guard;
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        cleanup();
-    }
-}
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT/SIGTERM set a flag; a watcher thread cleans up and exits.
-fn install_signal_watcher() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    std::thread::spawn(|| loop {
-        if SIGNALLED.load(Ordering::SeqCst) {
-            eprintln!("kernel_model: interrupted; cleaning up");
-            cleanup();
-            std::process::exit(130);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    });
-}
-
-/// Children die with us even if we are SIGKILLed (set before exec; `ip
-/// netns exec` keeps it across its own exec).
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------
 // Small helpers.
 
-fn run_ok(prog: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(prog).args(args).output().with_context(|| format!("spawn {prog}"))?;
-    if !out.status.success() {
-        bail!("`{prog} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// A field of /proc/PID/status in kB.
@@ -531,13 +461,6 @@ fn convert_all(data: &[u8], spans: &[(usize, usize)]) -> Vec<Vec<Change>> {
 struct Params {
     n4: u64,
     n6: u64,
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().with_context(|| format!("{name}={v} is not a number")),
-        Err(_) => Ok(default),
-    }
 }
 
 fn daemon_bin() -> Result<PathBuf> {
@@ -1233,9 +1156,9 @@ fn main() {
         std::process::exit(1);
     }
     *CLEANUP.lock().unwrap() = Some(Cleanup { ns: ns.clone(), dir: dir.clone(), pids: Vec::new() });
-    install_signal_watcher();
+    common::install_signal_watcher("kernel_model", &[libc::SIGINT, libc::SIGTERM], cleanup);
     let result = {
-        let _guard = Guard;
+        let _guard = Guard(cleanup);
         bench(&ns, &dir, &params)
     };
     match result {
