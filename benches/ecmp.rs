@@ -608,20 +608,6 @@ fn kf_affected(k: &KernelFacts, f: &routeguard::model::flows::Flow) -> bool {
     (if f.is_v6() { k.ecmp_v6_affected } else { k.ecmp_v4_affected }).unwrap_or(true)
 }
 
-/// `Invalidation::Route::hits` of `src/core.rs` (private there), verbatim in
-/// effect: IPv6 flows whose route is on the path from the root to `dst` or
-/// that `dst` captures, in the same table; every IPv4 flow for IPv4 changes.
-fn route_hits(table: u32, dst: IpNetwork, f: &routeguard::model::flows::Flow) -> bool {
-    if dst.is_ipv6() != f.is_v6() {
-        return false;
-    }
-    if !f.is_v6() {
-        return true;
-    }
-    let on_path = f.prefix.prefix() <= dst.prefix() && f.prefix.contains(dst.network());
-    f.table == table && (on_path || dst.contains(f.remote.ip()))
-}
-
 fn spec_of(model: &Model, dst: IpNetwork, nexthops: &[routeguard::model::NextHop]) -> RouteSpec {
     RouteSpec {
         table: TABLE_MAIN,
@@ -1285,7 +1271,7 @@ fn bench(p: &Params, r: &str, dir: &Path, pid: u32) -> Result<Value> {
             let Intent::RouteReplace(spec) = it else { continue };
             let (tb, dst) = (spec.table, spec.dst);
             let t = Instant::now();
-            let exposed = table.invalidate(|f| kf_affected(&kf, f), |f| route_hits(tb, dst, f));
+            let exposed = table.invalidate(|f| kf_affected(&kf, f), |f| f.hit_by_route_change(tb, dst));
             let us = t.elapsed().as_secs_f64() * 1e6;
             if first.is_none() && !exposed.is_empty() {
                 first = Some((us, exposed.len()));

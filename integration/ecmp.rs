@@ -282,9 +282,8 @@ fn armed_lab(tag: &str, nhg: bool) -> (EcmpLab, Daemon, common::ecmp_lab::Holder
 
 /// Runs an evaluate/propose that must be vetoed (exit 1); its JSON.
 fn vetoed(d: &Daemon, args: &[&str]) -> Value {
-    let o = d.cli(args, true);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((v["verdict"].as_str(), o.status.code()), (Some("veto"), Some(1)), "{v}");
+    let v = d.decision(args);
+    assert_eq!(v["verdict"], "veto", "{v}");
     v
 }
 

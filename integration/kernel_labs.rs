@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::ecmp_lab::{lab_script, Holder};
-use common::{eventually, slow, Netns};
+use common::{eventually, pin_neighbours, slow, Netns};
 use serde_json::Value;
 
 /// Kernel release as (major, minor).
@@ -17,18 +17,6 @@ fn release() -> (u32, u32) {
     let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     let mut it = r.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
-}
-
-/// Permanent neighbour entries both ways between `a`/`a_if` at `a_ip`
-/// and `b`/`b_if` at `b_ip`: no neighbour discovery in the way.
-fn pin_neighbours(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
-    let mac = |ns: &Netns, dev: &str| -> String {
-        let v: Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", "dev", dev])).unwrap();
-        v[0]["address"].as_str().unwrap().to_string()
-    };
-    let (am, bm) = (mac(a, a_if), mac(b, b_if));
-    a.ip(&["neigh", "replace", b_ip, "lladdr", &bm, "dev", a_if, "nud", "permanent"]);
-    b.ip(&["neigh", "replace", a_ip, "lladdr", &am, "dev", b_if, "nud", "permanent"]);
 }
 
 /// A daemon in `ns`, with `env` added to what the labs need.
@@ -40,18 +28,6 @@ fn guard(ns: &Netns, env: &[(&str, &str)]) -> common::Daemon {
 }
 
 // ---- sit tunnel whose remote becomes local (field-notes, Hazard 3)
-
-/// Runs an `evaluate`/`propose` CLI command (exit 0 allowed, 1 vetoed) and
-/// returns its JSON.
-fn verdict_of(d: &common::Daemon, args: &[&str]) -> Value {
-    let o = d.cli(args, true);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!("routeguard {}: {e}: {}\n{}", args.join(" "), String::from_utf8_lossy(&o.stderr), d.log_text())
-    });
-    let want = if v["verdict"] == "veto" { 1 } else { 0 };
-    assert_eq!(o.status.code(), Some(want), "exit code of routeguard {}: {v}", args.join(" "));
-    v
-}
 
 /// tx_packets and tx_carrier_errors of `dev`.
 fn tx_counters(ns: &Netns, dev: &str) -> (u64, u64) {
@@ -84,11 +60,11 @@ fn sit_remote_made_local_is_vetoed_exactly_where_the_kernel_drops() {
         let s = d.json(&["status"]);
         (s["selftest"] == "done").then_some(()).ok_or(format!("{s}"))
     });
-    let v = verdict_of(&d, &["evaluate", "--address-add", "192.0.2.7/32 dev lo"]);
+    let v = d.decision(&["evaluate", "--address-add", "192.0.2.7/32 dev lo"]);
     let verdict = v["verdict"].as_str().unwrap().to_string();
     eprintln!("kernel {:?}: verdict {verdict}: {v}", release());
     // A local route covering the remote is judged the same way.
-    let lr = verdict_of(&d, &["evaluate", "--local-route", "192.0.2.0/24 dev lo"]);
+    let lr = d.decision(&["evaluate", "--local-route", "192.0.2.0/24 dev lo"]);
     assert_eq!(lr["verdict"], verdict.as_str(), "{lr}");
     assert!(lr["findings"][0]["summary"].as_str().unwrap().starts_with("a local route 192.0.2.0/24 on lo"), "{lr}");
 

@@ -1108,16 +1108,7 @@ impl Invalidation {
     fn hits(&self, f: &Flow) -> bool {
         match *self {
             Invalidation::None => false,
-            Invalidation::Route { table, dst } => {
-                if dst.is_ipv6() != f.is_v6() {
-                    return false;
-                }
-                if !f.is_v6() {
-                    return true;
-                }
-                let on_path = f.prefix.prefix() <= dst.prefix() && f.prefix.contains(dst.network());
-                f.table == table && (on_path || dst.contains(f.remote.ip()))
-            }
+            Invalidation::Route { table, dst } => f.hit_by_route_change(table, dst),
             Invalidation::Family { v6 } => f.is_v6() == v6,
             Invalidation::Nexthops => f.members.iter().any(|m| m.nhid.is_some()),
         }
@@ -1389,20 +1380,13 @@ impl Core {
         if !self.settings.hazards.subnet_anycast.remediate || self.stale {
             return;
         }
-        let peers = self.peers();
-        let facts = self.facts();
-        let ctx = Context {
-            model: &self.model,
-            flows: &self.flows,
-            kernel: &facts,
-            peers: &peers,
-            hairpin_filters: &self.hairpin_filters,
-        };
         // Sorted and deduplicated already.
-        let ifaces: Vec<String> = hazards::subnet_anycast::remediation_ifaces(&ctx)
-            .into_iter()
-            .filter(|i| keep(i) && !self.remediating.contains(i))
-            .collect();
+        let ifaces: Vec<String> = self.with_context(|ctx| {
+            hazards::subnet_anycast::remediation_ifaces(ctx)
+                .into_iter()
+                .filter(|i| keep(i) && !self.remediating.contains(i))
+                .collect()
+        });
         if ifaces.is_empty() {
             return;
         }
@@ -1563,23 +1547,29 @@ impl Core {
         });
     }
 
-    fn context_findings(&self, intent: Option<&Intent>) -> Vec<Finding> {
+    /// Runs `f` with the detectors' view of the node now.
+    fn with_context<T>(&self, f: impl FnOnce(&Context<'_>) -> T) -> T {
         let facts = self.facts();
         let peers = self.peers();
-        let ctx = Context {
+        f(&Context {
             model: &self.model,
             flows: &self.flows,
             kernel: &facts,
             peers: &peers,
             hairpin_filters: &self.hairpin_filters,
-        };
-        self.detectors
-            .iter()
-            .flat_map(|d| match intent {
-                Some(i) => d.evaluate(&ctx, i),
-                None => d.current(&ctx),
-            })
-            .collect()
+        })
+    }
+
+    fn context_findings(&self, intent: Option<&Intent>) -> Vec<Finding> {
+        self.with_context(|ctx| {
+            self.detectors
+                .iter()
+                .flat_map(|d| match intent {
+                    Some(i) => d.evaluate(ctx, i),
+                    None => d.current(ctx),
+                })
+                .collect()
+        })
     }
 
     fn findings(&self) -> Vec<Finding> {
@@ -1992,6 +1982,14 @@ impl Core {
     }
 }
 
+/// Runs a blocking kernel write (an `ip` command) off the async workers;
+/// its error as text.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, writer::WriteError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}
+
 /// Executes an intent with its stage plan: a hash-fields stage first
 /// switches the IPv6 hash, then applies, then verifies; a
 /// forwarding-off stage applies, then turns forwarding off on the peering
@@ -2034,10 +2032,7 @@ async fn apply_intent(
         }
         Intent::RouteReplace(spec) if matches!(staging, Some(Staging::ResilientGroup)) => {
             let s = spec.clone();
-            let group = tokio::task::spawn_blocking(move || writer::route_replace_resilient(&s))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let group = blocking(move || writer::route_replace_resilient(&s)).await?;
             notes.push(format!("route {} replaced via resilient nexthop group {group}; verified", spec.dst));
         }
         Intent::RouteReplace(spec) => {
@@ -2066,10 +2061,7 @@ async fn apply_intent(
             let names = writer::link_names().await.map_err(|e| e.to_string())?;
             let exists = names.contains_key(name);
             let (n, k, r, l) = (name.clone(), kind.clone(), *remote, *local);
-            tokio::task::spawn_blocking(move || writer::tunnel_set(&n, &k, r, l, exists))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            blocking(move || writer::tunnel_set(&n, &k, r, l, exists)).await?;
             notes.push(format!(
                 "tunnel {name} ({kind}) {} with remote {remote}",
                 if exists { "changed" } else { "created" }
@@ -2077,18 +2069,12 @@ async fn apply_intent(
         }
         Intent::NexthopGroup { id, members } => {
             let (i, m) = (*id, members.clone());
-            tokio::task::spawn_blocking(move || writer::nexthop_group_replace(i, &m))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            blocking(move || writer::nexthop_group_replace(i, &m)).await?;
             notes.push(format!("nexthop group {id} replaced ({} member(s))", members.len()));
         }
         Intent::LocalRoute { dst, dev } => {
             let (d, v) = (*dst, dev.clone());
-            tokio::task::spawn_blocking(move || writer::local_route_add(d, &v))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            blocking(move || writer::local_route_add(d, &v)).await?;
             notes.push(format!("local route {dst} dev {dev} added to table local"));
         }
         Intent::LinkHairpin { dev, on } => {

@@ -53,39 +53,11 @@ impl EcmpLab {
                 n.ip(&["addr", "add", "10.255.0.1/32", "dev", "lo"]);
                 n.ip(&["route", "add", "default", "via", &format!("10.{i}.0.1"), "dev", &nif]);
             }
-            // Permanent neighbour entries both ways: neighbour discovery
-            // under a slow guest (the kernel-matrix lane) can fail a probe,
-            // and a failed neighbour drops the flow on its own, which is not
-            // the hazard under test.
-            let (rmac, nmac) = (mac_of(&r, &rif), mac_of(&n, &nif));
+            // No neighbour discovery in the way (see pin_neighbours).
             if v6 {
-                r.ip(&[
-                    "-6",
-                    "neigh",
-                    "replace",
-                    &format!("fd00:{i}::2"),
-                    "lladdr",
-                    &nmac,
-                    "dev",
-                    &rif,
-                    "nud",
-                    "permanent",
-                ]);
-                n.ip(&[
-                    "-6",
-                    "neigh",
-                    "replace",
-                    &format!("fd00:{i}::1"),
-                    "lladdr",
-                    &rmac,
-                    "dev",
-                    &nif,
-                    "nud",
-                    "permanent",
-                ]);
+                super::pin_neighbours(&r, &rif, &format!("fd00:{i}::1"), &n, &nif, &format!("fd00:{i}::2"));
             } else {
-                r.ip(&["neigh", "replace", &format!("10.{i}.0.2"), "lladdr", &nmac, "dev", &rif, "nud", "permanent"]);
-                n.ip(&["neigh", "replace", &format!("10.{i}.0.1"), "lladdr", &rmac, "dev", &nif, "nud", "permanent"]);
+                super::pin_neighbours(&r, &rif, &format!("10.{i}.0.1"), &n, &nif, &format!("10.{i}.0.2"));
             }
             let mut s =
                 n.spawn(&["python3", &lab_script("echo_server.py"), &format!("n{i}"), &Self::anycast_of(v6), PORT]);
@@ -218,11 +190,4 @@ impl Drop for Holder {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The MAC address of `dev` in `ns`.
-fn mac_of(ns: &Netns, dev: &str) -> String {
-    let out = ns.ip(&["-j", "link", "show", "dev", dev]);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j link show {dev}: {e}: {out}"));
-    v[0]["address"].as_str().unwrap_or_else(|| panic!("{dev} in {} has no MAC: {out}", ns.name)).to_string()
 }

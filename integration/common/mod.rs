@@ -207,6 +207,19 @@ impl Daemon {
         self.try_json(args).unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", self.log_text()))
     }
 
+    /// Runs `evaluate`/`propose`-like ARGS with `--json` and returns the
+    /// decision, checking the exit status the verdict implies (1 for a
+    /// veto, 0 otherwise).
+    pub fn decision(&self, args: &[&str]) -> Value {
+        let o = self.cli(args, true);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!("routeguard {}: {e}: {}\n{}", args.join(" "), String::from_utf8_lossy(&o.stderr), self.log_text())
+        });
+        let want = if v["verdict"] == "veto" { 1 } else { 0 };
+        assert_eq!(o.status.code(), Some(want), "exit code of routeguard {}: {v}", args.join(" "));
+        v
+    }
+
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str], json: bool) -> Output {
         let mut c = Command::new(bin());
@@ -267,6 +280,23 @@ pub fn slowdown() -> u32 {
 /// `d` stretched by [`slowdown`].
 pub fn slow(d: Duration) -> Duration {
     d * slowdown()
+}
+
+/// The MAC address of `dev` in `ns`.
+fn mac_of(ns: &Netns, dev: &str) -> String {
+    let out = ns.ip(&["-j", "link", "show", "dev", dev]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j link show {dev}: {e}: {out}"));
+    v[0]["address"].as_str().unwrap_or_else(|| panic!("{dev} in {} has no MAC: {out}", ns.name)).to_string()
+}
+
+/// Permanent neighbour entries both ways between `a`'s `a_if` (at `a_ip`)
+/// and `b`'s `b_if` (at `b_ip`): neighbour discovery under a slow guest
+/// (the kernel-matrix lane) can fail a probe, and a failed neighbour drops
+/// a flow on its own, which is not the hazard under test.
+pub fn pin_neighbours(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
+    let (am, bm) = (mac_of(a, a_if), mac_of(b, b_if));
+    a.ip(&["neigh", "replace", b_ip, "lladdr", &bm, "dev", a_if, "nud", "permanent"]);
+    b.ip(&["neigh", "replace", a_ip, "lladdr", &am, "dev", b_if, "nud", "permanent"]);
 }
 
 /// Spawns a process and returns the first line of its stdout.

@@ -63,6 +63,21 @@ impl Flow {
         (self.local, self.remote)
     }
 
+    /// Whether a change of route `dst` in `table` invalidates this flow's
+    /// cached route (field-notes): an IPv6 flow whose route sits on the path
+    /// from the root to `dst`, or that `dst` captures, in the same table;
+    /// every IPv4 flow for an IPv4 change.
+    pub fn hit_by_route_change(&self, table: u32, dst: IpNetwork) -> bool {
+        if dst.is_ipv6() != self.is_v6() {
+            return false;
+        }
+        if !self.is_v6() {
+            return true;
+        }
+        let on_path = self.prefix.prefix() <= dst.prefix() && self.prefix.contains(dst.network());
+        self.table == table && (on_path || dst.contains(self.remote.ip()))
+    }
+
     /// IPv6 flow.
     pub fn is_v6(&self) -> bool {
         self.remote.is_ipv6()
