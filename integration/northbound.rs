@@ -420,6 +420,41 @@ fn delayed_commit_applies_by_itself_once_flows_close() {
     assert!(d.log_text().contains("edits replayed"), "the held commit was replayed into FRR");
 }
 
+/// Restart safety for the proxy: a commit held by the guard survives
+/// `kill -9`. After the restart it is still held (FRR unchanged, no flow
+/// broken) and, once the flows close, it is committed to FRR by itself
+/// from the edits the journal kept.
+#[test]
+fn held_commit_survives_kill_9_and_is_committed_after_restart() {
+    let (lab, _frr, mut d, mut h) = ecmp_setup("nbK", "delay");
+    let e = in_ns(&lab.r.name, drop_third_member()).expect_err("held");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let id = d.json(&["pending"])["pending"][0]["id"].as_u64().expect("one pending change");
+    assert!(d.stop("KILL", Duration::from_secs(5)).is_some(), "the daemon survived kill -9");
+    d.restart();
+    let p = d.json(&["pending"]);
+    assert_eq!(p["pending"][0]["id"].as_u64(), Some(id), "the held commit was lost: {p}");
+    assert_eq!(d.json(&["change", &id.to_string()])["state"], "held");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(in_ns(&lab.r.name, staticd_config()).contains("rgr3"), "committed while flows were open");
+    assert!(h.check().is_empty(), "no connection may break while the resumed commit waits");
+    h.close();
+    eventually(slow(Duration::from_secs(20)), || {
+        let p = d.json(&["pending"]);
+        p["pending"].as_array().unwrap().is_empty().then_some(()).ok_or(format!("{p}"))
+    });
+    let c = d.json(&["change", &id.to_string()]);
+    assert_eq!(c["state"], "applied", "{c}");
+    let cfg = in_ns(&lab.r.name, staticd_config());
+    assert!(cfg.contains("rgr1") && cfg.contains("rgr2") && !cfg.contains("rgr3"), "{cfg}");
+    let (route, _) = eventually(slow(Duration::from_secs(5)), || {
+        let r = kernel_route(&lab.r, ANYCAST_RT);
+        (!r.contains("rgr3")).then_some(r.clone()).ok_or(format!("rgr3 still in the kernel: {r}"))
+    });
+    assert!(route.contains("rgr1") && route.contains("rgr2"), "{route}");
+    assert!(d.log_text().contains("edits replayed after a restart"), "committed from the journaled edits");
+}
+
 // ---- fault injection with a scripted fake northbound server ----
 
 const GOOD: u8 = 0;

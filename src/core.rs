@@ -167,6 +167,9 @@ pub struct ChangeAsk {
     /// Applies the change instead of the kernel writer (the FRR northbound
     /// proxy forwards the commit it judged); `None` for the writer.
     pub apply_via: Option<ApplyVia>,
+    /// How to apply it after a restart, journaled with a held change
+    /// (`apply_via` lives in memory only).
+    pub recipe: Option<crate::frr::proxy::HeldCommit>,
 }
 
 /// Applies a change some other way than the kernel writer. Called with
@@ -301,6 +304,9 @@ pub struct CoreSettings {
     pub journal_dir: Option<PathBuf>,
     /// Where to record metrics.
     pub metrics: Arc<Metrics>,
+    /// FRR's northbound daemons, when configured: how commits the proxy
+    /// held before a restart are committed once released.
+    pub northbound: Option<crate::frr::proxy::Upstreams>,
 }
 
 /// How the daemon runs its self-test.
@@ -408,6 +414,7 @@ fn held_record(id: u64, ask: &ChangeAsk, plan: Plan, deadline_ms: u64, on_timeou
             OnTimeout::Expire => "expire".into(),
         },
         requester: ask.requester.clone(),
+        northbound: ask.recipe.clone(),
     }
 }
 
@@ -415,18 +422,39 @@ fn held_record(id: u64, ask: &ChangeAsk, plan: Plan, deadline_ms: u64, on_timeou
 /// had begun rolls forward: it is held again and judged again before it
 /// applies (every apply replaces or writes a value, so repeating it is
 /// harmless).
-fn resume_pending(r: &crate::journal::Replay, default_timeout: OnTimeout) -> Vec<Pending> {
+///
+/// A commit held by the northbound proxy is applied the way the proxy
+/// would have: its journaled edits are replayed into a fresh candidate on
+/// the daemon and committed ([`crate::frr::proxy::resumed_apply`]), never
+/// through the kernel writer, which would bypass FRR.
+fn resume_pending(
+    r: &crate::journal::Replay,
+    default_timeout: OnTimeout,
+    northbound: Option<&crate::frr::proxy::Upstreams>,
+) -> Vec<Pending> {
     let now = Instant::now();
     r.resume
         .iter()
         .filter_map(|(&id, res)| {
-            let Record::Held { intent, plan, fields, on_timeout, requester, .. } = &res.held else { return None };
-            if requester.starts_with(crate::frr::proxy::REQUESTER) {
-                // Its commit lived in the proxy's memory: applying the intent
-                // through the kernel writer instead would bypass FRR.
-                warn!(change = id, requester = %requester, "held northbound commit not resumed after a restart");
+            let Record::Held { intent, plan, fields, on_timeout, requester, northbound: recipe, .. } = &res.held else {
                 return None;
-            }
+            };
+            let apply_via = match recipe {
+                Some(held) => Some(crate::frr::proxy::resumed_apply(northbound.cloned(), held.clone())),
+                None if requester.starts_with(crate::frr::proxy::REQUESTER) => {
+                    // Held by a routeguard that did not journal the edits yet.
+                    let msg = format!(
+                        "change {id} was held by a routeguard that did not journal the northbound edits; \
+                         commit them again"
+                    );
+                    Some(Arc::new(move |_| {
+                        let msg = msg.clone();
+                        Box::pin(async move { Err(msg) })
+                            as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+                    }) as ApplyVia)
+                }
+                None => None,
+            };
             let plan = match (plan.as_str(), fields) {
                 ("stage_hash_fields", Some(f)) => Plan::StageHashFields(*f),
                 ("stage_resilient", _) if matches!(intent, Intent::RouteReplace(_)) => Plan::StageResilient,
@@ -447,7 +475,12 @@ fn resume_pending(r: &crate::journal::Replay, default_timeout: OnTimeout) -> Vec
             };
             Some(Pending {
                 id,
-                ask: ChangeAsk { intent: intent.clone(), requester: requester.clone(), apply_via: None },
+                ask: ChangeAsk {
+                    intent: intent.clone(),
+                    requester: requester.clone(),
+                    apply_via,
+                    recipe: recipe.clone(),
+                },
                 plan,
                 since: now,
                 deadline: now + res.remaining,
@@ -628,7 +661,7 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         }
     }
     let selftest_state = if settings.selftest.is_some() { "running" } else { "disabled" };
-    let resumed = resume_pending(&replayed, settings.hazards.ecmp_rehash.on_timeout);
+    let resumed = resume_pending(&replayed, settings.hazards.ecmp_rehash.on_timeout, settings.northbound.as_ref());
     let mut core = Core {
         model: Model::default(),
         settings,
@@ -677,8 +710,11 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         apply_via: HashMap::new(),
     };
     core.settings.metrics.stale.set(1);
-    for p in resumed {
+    for mut p in resumed {
         info!(change = p.id, intent = ?p.ask.intent, state = %p.state, "held change resumed from the journal");
+        if let Some(via) = p.ask.apply_via.take() {
+            core.apply_via.insert(p.id, via);
+        }
         core.pending.insert(p.id, p);
     }
     core.settings.metrics.pending.set(core.pending.len() as i64);
@@ -1688,7 +1724,12 @@ impl Core {
                 // `approve` applies it through `self.apply_via` when it has one.
                 self.vetoed.insert(
                     id,
-                    ChangeAsk { intent: ask.intent.clone(), requester: ask.requester.clone(), apply_via: None },
+                    ChangeAsk {
+                        intent: ask.intent.clone(),
+                        requester: ask.requester.clone(),
+                        apply_via: None,
+                        recipe: ask.recipe.clone(),
+                    },
                 );
                 while self.vetoed.len() > MAX_VETOED {
                     if let Some((old, _)) = self.vetoed.pop_first() {
@@ -1927,7 +1968,7 @@ impl Core {
                 id,
                 Pending {
                     id,
-                    ask: ChangeAsk { intent: intent.clone(), requester: who.clone(), apply_via: None },
+                    ask: ChangeAsk { intent: intent.clone(), requester: who.clone(), apply_via: None, recipe: None },
                     plan: Plan::Delay,
                     since: Instant::now(),
                     deadline: Instant::now(),

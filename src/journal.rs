@@ -61,6 +61,10 @@ pub enum Record {
         on_timeout: String,
         /// Who asked.
         requester: String,
+        /// A commit held by the northbound proxy: its edits, so that it
+        /// can be committed to FRR after a restart.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        northbound: Option<crate::frr::proxy::HeldCommit>,
     },
     /// The apply of a change begins (written before the first write).
     Applying {
@@ -314,11 +318,47 @@ mod tests {
             deadline_ms,
             on_timeout: "cancel".into(),
             requester: "uid 0".into(),
+            northbound: None,
         }
     }
 
     fn line(r: Record) -> String {
         serde_json::to_string(&Entry { at_ms: 1, record: r }).unwrap()
+    }
+
+    #[test]
+    fn a_held_northbound_commit_resumes_with_its_edits() {
+        let Record::Held { change_id, intent, plan, fields, deadline_ms, on_timeout, requester, .. } =
+            held(4, u64::MAX)
+        else {
+            unreachable!()
+        };
+        let recipe = crate::frr::proxy::HeldCommit {
+            daemon: "staticd".into(),
+            candidate: 9,
+            comment: "c".into(),
+            edits: vec![crate::frr::proxy::JournalEdit::Change {
+                update: vec![],
+                delete: vec![("/p".into(), String::new())],
+            }],
+        };
+        let r = Record::Held {
+            change_id,
+            intent,
+            plan,
+            fields,
+            deadline_ms,
+            on_timeout,
+            requester,
+            northbound: Some(recipe.clone()),
+        };
+        let out = replay(std::io::Cursor::new(line(r)), 1).unwrap();
+        let Record::Held { northbound, .. } = &out.resume[&4].held else { panic!("{out:?}") };
+        assert_eq!(northbound.as_ref(), Some(&recipe));
+        // Records written before the field existed still read.
+        let old = line(held(5, u64::MAX));
+        assert!(!old.contains("northbound"), "{old}");
+        assert!(replay(std::io::Cursor::new(old), 1).unwrap().resume.contains_key(&5));
     }
 
     #[test]

@@ -386,6 +386,7 @@ fn core_settings(cfg: &Config, selftest_cache: PathBuf, journal_dir: Option<Path
         },
         frr_poll_interval: cfg.frr.poll_interval,
         metrics: routeguard::metrics::Metrics::new(),
+        northbound: None,
     }
 }
 
@@ -405,7 +406,15 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
     let listener = routeguard::api::server::bind_unix(&cfg.socket).await?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state_dir {}", cfg.state_dir.display()))?;
-    let settings = core_settings(&cfg, cfg.state_dir.join("selftest.json"), Some(cfg.state_dir.clone()));
+    // FRR's gRPC northbound client first: the core commits held proxy
+    // changes it resumes from the journal through it.
+    let nb = if cfg.frr.northbound.endpoints().is_empty() {
+        None
+    } else {
+        Some(routeguard::frr::northbound::Northbound::new(&cfg.frr.northbound)?)
+    };
+    let mut settings = core_settings(&cfg, cfg.state_dir.join("selftest.json"), Some(cfg.state_dir.clone()));
+    settings.northbound = nb.clone().map(routeguard::frr::proxy::Upstreams::new);
     let metrics = settings.metrics.clone();
     let core = core::start(settings).context("cannot start (netlink monitor or change journal)")?;
 
@@ -420,10 +429,7 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     }
     // FRR's gRPC northbound: watched when configured; the proxy on top.
-    let northbound = if cfg.frr.northbound.endpoints().is_empty() {
-        None
-    } else {
-        let nb = routeguard::frr::northbound::Northbound::new(&cfg.frr.northbound)?;
+    let northbound = if let Some(nb) = nb {
         nb.spawn_pollers();
         if let Some(listen) = cfg.proxy.listen {
             let proxy = routeguard::frr::proxy::Proxy::new(nb.clone(), core.clone());
@@ -432,6 +438,8 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
                 .with_context(|| format!("cannot listen for the northbound proxy on {listen} (key `proxy.listen`)"))?;
         }
         Some(nb.states())
+    } else {
+        None
     };
     tokio::spawn(notify_systemd(core.clone()));
     tokio::spawn(handle_signals(core.clone(), config.clone(), socket, stop_tx));

@@ -420,8 +420,9 @@ impl pb::guard_server::Guard for GuardService {
     async fn propose(&self, req: Request<pb::ChangeRequest>) -> Result<Response<pb::Decision>, Status> {
         let requester = requester_of(&req);
         let intent = self.intent_for(req.get_ref()).await?;
-        let o =
-            self.ask(|reply| Query::Propose { ask: ChangeAsk { intent, requester, apply_via: None }, reply }).await?;
+        let o = self
+            .ask(|reply| Query::Propose { ask: ChangeAsk { intent, requester, apply_via: None, recipe: None }, reply })
+            .await?;
         let mut d = decision_to_pb(&o.decision);
         d.change_id = o.change_id;
         d.outcome = o.outcome.into();

@@ -35,6 +35,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
+use serde::{Deserialize, Serialize};
 use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
@@ -94,9 +95,117 @@ struct State {
 /// The proxy service.
 #[derive(Clone)]
 pub struct Proxy {
-    nb: Northbound,
+    up: Upstreams,
     core: CoreHandle,
     state: Arc<Mutex<State>>,
+}
+
+/// Calls to FRR's daemons, with timeouts and reporting: what the proxy
+/// forwards, and what replays a held commit (also one resumed from the
+/// journal after a restart, before any proxy exists).
+#[derive(Clone)]
+pub struct Upstreams {
+    nb: Northbound,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams").field("daemons", &self.nb.daemons()).finish()
+    }
+}
+
+/// One recorded candidate edit as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JournalEdit {
+    /// `EditCandidate`: (path, value) pairs.
+    Change {
+        /// Paths updated, with their values.
+        update: Vec<(String, String)>,
+        /// Paths deleted (values as sent).
+        delete: Vec<(String, String)>,
+    },
+    /// `LoadToCandidate`.
+    Load {
+        /// `LoadType` (0 merge, 1 replace).
+        load_type: i32,
+        /// `Encoding` (0 JSON, 1 XML).
+        encoding: i32,
+        /// The data tree.
+        data: String,
+    },
+}
+
+/// A commit the core holds, as journaled: enough to commit it to FRR
+/// after a restart (a fresh candidate, the edits replayed, then Commit).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldCommit {
+    /// The daemon the edits belong to.
+    pub daemon: String,
+    /// The client's candidate id (for messages).
+    pub candidate: u32,
+    /// The commit comment.
+    pub comment: String,
+    /// The edits, in order.
+    pub edits: Vec<JournalEdit>,
+}
+
+fn pvs(v: &[pb::PathValue]) -> Vec<(String, String)> {
+    v.iter().map(|p| (p.path.clone(), p.value.clone())).collect()
+}
+
+fn unpvs(v: &[(String, String)]) -> Vec<pb::PathValue> {
+    v.iter().map(|(path, value)| pb::PathValue { path: path.clone(), value: value.clone() }).collect()
+}
+
+impl From<&Edit> for JournalEdit {
+    fn from(e: &Edit) -> JournalEdit {
+        match e {
+            Edit::Change { update, delete } => JournalEdit::Change { update: pvs(update), delete: pvs(delete) },
+            Edit::Load { kind, config } => {
+                JournalEdit::Load { load_type: *kind, encoding: config.encoding, data: config.data.clone() }
+            }
+        }
+    }
+}
+
+impl From<&JournalEdit> for Edit {
+    fn from(e: &JournalEdit) -> Edit {
+        match e {
+            JournalEdit::Change { update, delete } => Edit::Change { update: unpvs(update), delete: unpvs(delete) },
+            JournalEdit::Load { load_type, encoding, data } => {
+                Edit::Load { kind: *load_type, config: pb::DataTree { encoding: *encoding, data: data.clone() } }
+            }
+        }
+    }
+}
+
+/// How the core applies a held commit it resumed from the journal: the
+/// edits replayed into a fresh candidate on the daemon, then committed.
+/// Without a northbound client (no `[frr.northbound]` endpoints) the apply
+/// fails with a message naming the change's daemon: it is never applied
+/// behind FRR's back through the kernel writer.
+pub fn resumed_apply(up: Option<Upstreams>, held: HeldCommit) -> ApplyVia {
+    Arc::new(move |_released: bool| {
+        let (up, held) = (up.clone(), held.clone());
+        Box::pin(async move {
+            let HeldCommit { daemon, candidate, comment, edits } = held;
+            let Some(up) = up else {
+                return Err(format!(
+                    "cannot commit candidate {candidate} to {daemon}: no [frr.northbound] endpoints are configured \
+                     (its edits are in the journal)"
+                ));
+            };
+            let edits: Vec<Edit> = edits.iter().map(Edit::from).collect();
+            match up.replay(&daemon, &edits, &comment).await {
+                Ok(r) => Ok(format!(
+                    "{daemon} committed candidate {candidate} (edits replayed after a restart) (transaction {})",
+                    r.transaction_id
+                )),
+                Err(e) => Err(format!("{daemon} refused the commit of candidate {candidate}: {}", reason(&e))),
+            }
+        })
+    })
 }
 
 fn not_found(id: u32) -> Status {
@@ -138,19 +247,10 @@ pub fn describe_veto(d: &Decision) -> String {
     parts.join(" | ")
 }
 
-impl Proxy {
-    /// A proxy forwarding to `nb`'s daemons and judging with `core`.
-    pub fn new(nb: Northbound, core: CoreHandle) -> Proxy {
-        Proxy { nb, core, state: Arc::new(Mutex::new(State { next_id: 1, candidates: HashMap::new() })) }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A poisoned lock only means a panic elsewhere; the map is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn candidate(&self, id: u32) -> Result<Candidate, Status> {
-        self.lock().candidates.get(&id).cloned().ok_or_else(|| not_found(id))
+impl Upstreams {
+    /// Calls to `nb`'s daemons.
+    pub fn new(nb: Northbound) -> Upstreams {
+        Upstreams { nb }
     }
 
     fn client(&self, daemon: &str) -> Result<super::northbound::NbClient, Status> {
@@ -186,13 +286,80 @@ impl Proxy {
         }
     }
 
+    /// Forwards `phase` of the candidate's mirror.
+    async fn forward_commit(
+        &self,
+        daemon: &str,
+        upstream: u32,
+        phase: Phase,
+        comment: &str,
+    ) -> Result<pb::CommitResponse, Status> {
+        let mut client = self.client(daemon)?;
+        let req = pb::CommitRequest { candidate_id: upstream, phase: phase as i32, comment: comment.to_string() };
+        let r = self.call(daemon, "Commit", async { client.commit(req).await.map(|r| r.into_inner()) }).await;
+        if r.is_ok() && matches!(phase, Phase::All | Phase::Apply) {
+            self.nb.note_commit(daemon);
+        }
+        r
+    }
+
+    /// Replays `edits` into a fresh candidate on `daemon` and commits it:
+    /// how a held change is applied once released.
+    async fn replay(&self, daemon: &str, edits: &[Edit], comment: &str) -> Result<pb::CommitResponse, Status> {
+        let mut client = self.client(daemon)?;
+        let id = self
+            .call(daemon, "CreateCandidate", async {
+                client.create_candidate(pb::CreateCandidateRequest {}).await.map(|r| r.into_inner().candidate_id)
+            })
+            .await?;
+        let result = async {
+            for e in edits {
+                match e.clone() {
+                    Edit::Change { update, delete } => {
+                        let req = pb::EditCandidateRequest { candidate_id: id, update, delete };
+                        self.call(daemon, "EditCandidate", async { client.edit_candidate(req).await }).await?;
+                    }
+                    Edit::Load { kind, config } => {
+                        let req = pb::LoadToCandidateRequest { candidate_id: id, r#type: kind, config: Some(config) };
+                        self.call(daemon, "LoadToCandidate", async { client.load_to_candidate(req).await }).await?;
+                    }
+                }
+            }
+            self.forward_commit(daemon, id, Phase::All, comment).await
+        }
+        .await;
+        let req = pb::DeleteCandidateRequest { candidate_id: id };
+        let _ = self.call(daemon, "DeleteCandidate", async { client.delete_candidate(req).await }).await;
+        result
+    }
+}
+
+impl Proxy {
+    /// A proxy forwarding to `nb`'s daemons and judging with `core`.
+    pub fn new(nb: Northbound, core: CoreHandle) -> Proxy {
+        Proxy {
+            up: Upstreams::new(nb),
+            core,
+            state: Arc::new(Mutex::new(State { next_id: 1, candidates: HashMap::new() })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the map is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn candidate(&self, id: u32) -> Result<Candidate, Status> {
+        self.lock().candidates.get(&id).cloned().ok_or_else(|| not_found(id))
+    }
+
     /// The daemon that owns every path in `paths`.
     fn owner_of(&self, paths: &[&str]) -> Result<String, Status> {
         if paths.len() > MAX_PATHS {
             return Err(Status::invalid_argument(format!("{} paths in one request; at most {MAX_PATHS}", paths.len())));
         }
-        let configured = self.nb.daemons();
-        let caps = self.nb.modules();
+        let configured = self.up.nb.daemons();
+        let caps = self.up.nb.modules();
         let mut owner: Option<String> = None;
         for p in paths {
             let steps = xpath::parse(p).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -222,8 +389,9 @@ impl Proxy {
         if let Some(u) = c.upstream_id {
             return Ok(u);
         }
-        let mut client = self.client(daemon)?;
+        let mut client = self.up.client(daemon)?;
         let upstream = self
+            .up
             .call(daemon, "CreateCandidate", async {
                 client.create_candidate(pb::CreateCandidateRequest {}).await.map(|r| r.into_inner().candidate_id)
             })
@@ -258,17 +426,18 @@ impl Proxy {
         if let Some(why) = &c.opaque {
             return Err(Status::failed_precondition(format!("candidate {id}: {why}")));
         }
-        let data = self.nb.get("staticd", pb::get_request::DataType::Config, vec![STATICD_ROOT.into()]).await.map_err(
-            |e| {
-                self.report("staticd", "Get", &e);
-                Status::unavailable(format!("cannot read staticd's running configuration: {}", reason(&e)))
-            },
-        )?;
+        let data =
+            self.up.nb.get("staticd", pb::get_request::DataType::Config, vec![STATICD_ROOT.into()]).await.map_err(
+                |e| {
+                    self.up.report("staticd", "Get", &e);
+                    Status::unavailable(format!("cannot read staticd's running configuration: {}", reason(&e)))
+                },
+            )?;
         let mut running = StaticRoutes::default();
         for d in &data {
             let r = StaticRoutes::from_json(d).map_err(|e| {
                 warn!(error = %e, "northbound proxy: staticd answered garbage");
-                self.nb.set_state("staticd", format!("down: Get answered garbage: {e}"));
+                self.up.nb.set_state("staticd", format!("down: Get answered garbage: {e}"));
                 Status::unavailable(format!("cannot read staticd's running configuration: {e}"))
             })?;
             running.routes.extend(r.routes);
@@ -286,23 +455,6 @@ impl Proxy {
         Ok(out)
     }
 
-    /// Forwards `phase` of the candidate's mirror.
-    async fn forward_commit(
-        &self,
-        daemon: &str,
-        upstream: u32,
-        phase: Phase,
-        comment: &str,
-    ) -> Result<pb::CommitResponse, Status> {
-        let mut client = self.client(daemon)?;
-        let req = pb::CommitRequest { candidate_id: upstream, phase: phase as i32, comment: comment.to_string() };
-        let r = self.call(daemon, "Commit", async { client.commit(req).await.map(|r| r.into_inner()) }).await;
-        if r.is_ok() && matches!(phase, Phase::All | Phase::Apply) {
-            self.nb.note_commit(daemon);
-        }
-        r
-    }
-
     /// How the core applies a judged commit: at once, the commit of the
     /// candidate's mirror; once released from hold, a replay of its edits.
     fn apply_via(&self, fwd: Forward, slot: Arc<Mutex<Option<Result<pb::CommitResponse, Status>>>>) -> ApplyVia {
@@ -312,9 +464,9 @@ impl Proxy {
             Box::pin(async move {
                 let Forward { id, daemon, upstream, phase, comment, edits } = fwd;
                 let r = if released {
-                    proxy.replay(&daemon, &edits, &comment).await
+                    proxy.up.replay(&daemon, &edits, &comment).await
                 } else {
-                    proxy.forward_commit(&daemon, upstream, phase, &comment).await
+                    proxy.up.forward_commit(&daemon, upstream, phase, &comment).await
                 };
                 let msg = match &r {
                     Ok(resp) => Ok(format!(
@@ -330,36 +482,6 @@ impl Proxy {
                 msg
             })
         })
-    }
-
-    /// Replays `edits` into a fresh candidate on `daemon` and commits it:
-    /// how a held change is applied once released.
-    async fn replay(&self, daemon: &str, edits: &[Edit], comment: &str) -> Result<pb::CommitResponse, Status> {
-        let mut client = self.client(daemon)?;
-        let id = self
-            .call(daemon, "CreateCandidate", async {
-                client.create_candidate(pb::CreateCandidateRequest {}).await.map(|r| r.into_inner().candidate_id)
-            })
-            .await?;
-        let result = async {
-            for e in edits {
-                match e.clone() {
-                    Edit::Change { update, delete } => {
-                        let req = pb::EditCandidateRequest { candidate_id: id, update, delete };
-                        self.call(daemon, "EditCandidate", async { client.edit_candidate(req).await }).await?;
-                    }
-                    Edit::Load { kind, config } => {
-                        let req = pb::LoadToCandidateRequest { candidate_id: id, r#type: kind, config: Some(config) };
-                        self.call(daemon, "LoadToCandidate", async { client.load_to_candidate(req).await }).await?;
-                    }
-                }
-            }
-            self.forward_commit(daemon, id, Phase::All, comment).await
-        }
-        .await;
-        let req = pb::DeleteCandidateRequest { candidate_id: id };
-        let _ = self.call(daemon, "DeleteCandidate", async { client.delete_candidate(req).await }).await;
-        result
     }
 
     /// Judges and acts on a commit of phase ALL or APPLY.
@@ -383,16 +505,27 @@ impl Proxy {
         let intent = match self.pick(&intents).await {
             Ok(Some(i)) => i,
             // Nothing the detectors judge: forward as is.
-            Ok(None) => return self.forward_commit(&daemon, upstream, phase, &comment).await,
+            Ok(None) => return self.up.forward_commit(&daemon, upstream, phase, &comment).await,
             Err(e) => {
                 self.abort_if_applying(&daemon, upstream, phase).await;
                 return Err(e);
             }
         };
         let slot = Arc::new(Mutex::new(None));
+        let recipe = HeldCommit {
+            daemon: daemon.clone(),
+            candidate: id,
+            comment: comment.clone(),
+            edits: c.edits.iter().map(JournalEdit::from).collect(),
+        };
         let fwd = Forward { id, daemon: daemon.clone(), upstream, phase, comment, edits: c.edits.clone() };
         let via = self.apply_via(fwd, slot.clone());
-        let ask = ChangeAsk { intent, requester: format!("{REQUESTER} (candidate {id})"), apply_via: Some(via) };
+        let ask = ChangeAsk {
+            intent,
+            requester: format!("{REQUESTER} (candidate {id})"),
+            apply_via: Some(via),
+            recipe: Some(recipe),
+        };
         let outcome = self
             .core
             .ask(|reply| Query::Propose { ask, reply })
@@ -423,7 +556,7 @@ impl Proxy {
     /// After a refused APPLY, releases FRR's prepared transaction.
     async fn abort_if_applying(&self, daemon: &str, upstream: u32, phase: Phase) {
         if phase == Phase::Apply {
-            let _ = self.forward_commit(daemon, upstream, Phase::Abort, "").await;
+            let _ = self.up.forward_commit(daemon, upstream, Phase::Abort, "").await;
         }
     }
 
@@ -552,8 +685,8 @@ impl pb::northbound_server::Northbound for Proxy {
     ) -> Result<Response<pb::GetCapabilitiesResponse>, Status> {
         let mut merged: Option<pb::GetCapabilitiesResponse> = None;
         let mut errors = Vec::new();
-        for d in self.nb.daemons() {
-            match self.nb.capabilities(&d).await {
+        for d in self.up.nb.daemons() {
+            match self.up.nb.capabilities(&d).await {
                 Ok(c) => match &mut merged {
                     None => merged = Some(c),
                     Some(m) => {
@@ -566,7 +699,7 @@ impl pb::northbound_server::Northbound for Proxy {
                     }
                 },
                 Err(e) => {
-                    self.report(&d, "GetCapabilities", &e);
+                    self.up.report(&d, "GetCapabilities", &e);
                     errors.push(format!("{d}: {}", reason(&e)));
                 }
             }
@@ -586,8 +719,9 @@ impl pb::northbound_server::Northbound for Proxy {
         let req = req.into_inner();
         let paths: Vec<&str> = req.path.iter().map(String::as_str).collect();
         let daemon = self.owner_of(&paths)?;
-        let mut client = self.client(&daemon)?;
+        let mut client = self.up.client(&daemon)?;
         let responses = self
+            .up
             .call(&daemon, "Get", async move {
                 let mut stream = client.get(req).await?.into_inner();
                 let mut out = Vec::new();
@@ -630,9 +764,9 @@ impl pb::northbound_server::Northbound for Proxy {
         let id = req.into_inner().candidate_id;
         let c = self.lock().candidates.remove(&id).ok_or_else(|| not_found(id))?;
         if let (Some(d), Some(u)) = (c.daemon, c.upstream_id) {
-            if let Ok(mut client) = self.client(&d) {
+            if let Ok(mut client) = self.up.client(&d) {
                 let r = pb::DeleteCandidateRequest { candidate_id: u };
-                if let Err(e) = self.call(&d, "DeleteCandidate", async { client.delete_candidate(r).await }).await {
+                if let Err(e) = self.up.call(&d, "DeleteCandidate", async { client.delete_candidate(r).await }).await {
                     warn!(daemon = %d, error = %reason(&e), "northbound proxy: cannot delete the mirror candidate");
                 }
             }
@@ -647,9 +781,9 @@ impl pb::northbound_server::Northbound for Proxy {
         let id = req.into_inner().candidate_id;
         let c = self.candidate(id)?;
         if let (Some(d), Some(u)) = (c.daemon, c.upstream_id) {
-            let mut client = self.client(&d)?;
+            let mut client = self.up.client(&d)?;
             let r = pb::UpdateCandidateRequest { candidate_id: u };
-            self.call(&d, "UpdateCandidate", async { client.update_candidate(r).await }).await?;
+            self.up.call(&d, "UpdateCandidate", async { client.update_candidate(r).await }).await?;
         }
         Ok(Response::new(pb::UpdateCandidateResponse {}))
     }
@@ -672,10 +806,10 @@ impl pb::northbound_server::Northbound for Proxy {
             apply_edits(&StaticRoutes::default(), &[edit]).map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         let upstream = self.bind(id, &daemon).await?;
-        let mut client = self.client(&daemon)?;
+        let mut client = self.up.client(&daemon)?;
         let fwd =
             pb::EditCandidateRequest { candidate_id: upstream, update: req.update.clone(), delete: req.delete.clone() };
-        self.call(&daemon, "EditCandidate", async { client.edit_candidate(fwd).await }).await?;
+        self.up.call(&daemon, "EditCandidate", async { client.edit_candidate(fwd).await }).await?;
         self.record(id, Edit::Change { update: req.update, delete: req.delete }, None)?;
         Ok(Response::new(pb::EditCandidateResponse {}))
     }
@@ -697,7 +831,7 @@ impl pb::northbound_server::Northbound for Proxy {
             return Err(Status::invalid_argument("LoadToCandidate config names no FRR module (frr-...)"));
         }
         let daemon =
-            xpath::owner("(loaded config)", &steps, &self.nb.daemons(), &self.nb.modules()).map_err(route_err)?;
+            xpath::owner("(loaded config)", &steps, &self.up.nb.daemons(), &self.up.nb.modules()).map_err(route_err)?;
         let xml = config.encoding == pb::Encoding::Xml as i32;
         let opaque = (xml && daemon == "staticd")
             .then(|| "routeguard cannot judge an XML LoadToCandidate; load JSON instead".to_string());
@@ -705,10 +839,10 @@ impl pb::northbound_server::Northbound for Proxy {
             StaticRoutes::from_json(&config.data).map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         let upstream = self.bind(id, &daemon).await?;
-        let mut client = self.client(&daemon)?;
+        let mut client = self.up.client(&daemon)?;
         let fwd =
             pb::LoadToCandidateRequest { candidate_id: upstream, r#type: kind as i32, config: Some(config.clone()) };
-        self.call(&daemon, "LoadToCandidate", async { client.load_to_candidate(fwd).await }).await?;
+        self.up.call(&daemon, "LoadToCandidate", async { client.load_to_candidate(fwd).await }).await?;
         self.record(id, Edit::Load { kind: kind as i32, config }, opaque)?;
         Ok(Response::new(pb::LoadToCandidateResponse {}))
     }
@@ -729,7 +863,7 @@ impl pb::northbound_server::Northbound for Proxy {
                 if phase != Phase::Abort {
                     self.precheck(id, &c).await?;
                 }
-                self.forward_commit(&daemon, upstream, phase, &req.comment).await
+                self.up.forward_commit(&daemon, upstream, phase, &req.comment).await
             }
         };
         match &r {
@@ -781,8 +915,8 @@ impl pb::northbound_server::Northbound for Proxy {
     async fn execute(&self, req: Request<pb::ExecuteRequest>) -> Result<Response<pb::ExecuteResponse>, Status> {
         let req = req.into_inner();
         let daemon = self.owner_of(&[req.path.as_str()])?;
-        let mut client = self.client(&daemon)?;
-        let r = self.call(&daemon, "Execute", async { client.execute(req).await.map(|r| r.into_inner()) }).await?;
+        let mut client = self.up.client(&daemon)?;
+        let r = self.up.call(&daemon, "Execute", async { client.execute(req).await.map(|r| r.into_inner()) }).await?;
         Ok(Response::new(r))
     }
 }
@@ -794,7 +928,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    info!(%listen, daemons = ?proxy.nb.daemons(), "FRR northbound proxy listening");
+    info!(%listen, daemons = ?proxy.up.nb.daemons(), "FRR northbound proxy listening");
     let svc = pb::northbound_server::NorthboundServer::new(proxy).max_decoding_message_size(MAX_REQUEST_BYTES);
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
@@ -816,6 +950,41 @@ pub fn states_json(states: &BTreeMap<String, String>) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_edits_survive_the_journal_unchanged() {
+        let edits = vec![
+            Edit::Change {
+                update: vec![pb::PathValue { path: "/a[x='1']/b".into(), value: "v \"q\"\n".into() }],
+                delete: vec![pb::PathValue { path: "/a[x='2']".into(), value: String::new() }],
+            },
+            Edit::Load {
+                kind: pb::load_to_candidate_request::LoadType::Replace as i32,
+                config: pb::DataTree {
+                    encoding: pb::Encoding::Json as i32,
+                    data: "{\"frr-routing:routing\":{}}".into(),
+                },
+            },
+        ];
+        let held = HeldCommit {
+            daemon: "staticd".into(),
+            candidate: 7,
+            comment: "drop rgr3".into(),
+            edits: edits.iter().map(JournalEdit::from).collect(),
+        };
+        let text = serde_json::to_string(&held).unwrap();
+        let back: HeldCommit = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, held);
+        let replayed: Vec<Edit> = back.edits.iter().map(Edit::from).collect();
+        assert_eq!(format!("{replayed:?}"), format!("{edits:?}"));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_commit_without_endpoints_fails_naming_the_daemon() {
+        let held = HeldCommit { daemon: "staticd".into(), candidate: 3, comment: String::new(), edits: Vec::new() };
+        let e = resumed_apply(None, held)(true).await.unwrap_err();
+        assert!(e.contains("staticd") && e.contains("candidate 3") && e.contains("[frr.northbound]"), "{e}");
+    }
 
     #[test]
     fn modules_of_loaded_trees() {
