@@ -113,6 +113,11 @@ fn stage_turns_forwarding_on_without_capturing_the_peer() {
 fn forwarding_turned_on_behind_the_guards_back_is_undone_and_the_session_survives() {
     let lab = BgpLab::new("saD", true);
     let d = guard(&lab, &[]);
+    // The fast path knows the peering interface before the toggle.
+    eventually(Duration::from_secs(2), || {
+        let s = d.json(&["status"]);
+        (s["forwarding_reflex"] == format!("armed: {}", lab.vm_if)).then_some(()).ok_or(format!("{s}"))
+    });
     lab.vm_sysctl("net.ipv6.conf.all.forwarding=1");
     let (s, t) = eventually(Duration::from_secs(1), || {
         let s = d.json(&["status"]);
@@ -120,9 +125,33 @@ fn forwarding_turned_on_behind_the_guards_back_is_undone_and_the_session_survive
     });
     let line = s["remediations"][0].as_str().unwrap().to_string();
     eprintln!("remediation seen after {t:?}: {line}");
-    assert!(line.contains(&lab.vm_if), "{line}");
+    assert!(line.contains(&lab.vm_if) && line.ends_with("(reflex)"), "{line}");
     assert_eq!(sysctl(&lab, &format!("net.ipv6.conf.{}.forwarding", lab.vm_if)), "0");
     assert_eq!(sysctl(&lab, "net.ipv6.conf.all.forwarding"), "1", "forwarding itself stays on");
+    assert!(!anycast_on_vm_if(&lab));
+    assert!(lab.reset_and_wait(RESET_WITHIN).is_some(), "session did not come back: {}", lab.state());
+    // One write for one toggle: the core left the reflex's interface alone.
+    std::thread::sleep(Duration::from_millis(500));
+    let s = d.json(&["status"]);
+    assert_eq!(s["remediations"].as_array().unwrap().len(), 1, "{s}");
+}
+
+/// A conflict already there when the guard starts (forwarding turned on
+/// while it was down) is the core's: no notification for the fast path
+/// will come. It is remediated after the first dump.
+#[test]
+fn a_conflict_present_at_start_is_remediated_by_the_core() {
+    let lab = BgpLab::new("saS", true);
+    lab.vm_sysctl("net.ipv6.conf.all.forwarding=1");
+    assert!(anycast_on_vm_if(&lab), "the kernel did not join the anycast");
+    let d = guard(&lab, &[]);
+    let (s, _) = eventually(Duration::from_secs(5), || {
+        let s = d.json(&["status"]);
+        (!s["remediations"].as_array().unwrap().is_empty()).then_some(s.clone()).ok_or(format!("{s}"))
+    });
+    let line = s["remediations"][0].as_str().unwrap();
+    assert!(line.contains(&lab.vm_if) && line.ends_with("(core)"), "{line}");
+    assert_eq!(sysctl(&lab, &format!("net.ipv6.conf.{}.forwarding", lab.vm_if)), "0");
     assert!(!anycast_on_vm_if(&lab));
     assert!(lab.reset_and_wait(RESET_WITHIN).is_some(), "session did not come back: {}", lab.state());
 }

@@ -253,6 +253,8 @@ pub struct StatusInfo {
     pub frr_state: String,
     /// Latest remediations (newest last).
     pub remediations: Vec<String>,
+    /// The forwarding reflex: off, idle, armed: IF, ..., or stopped.
+    pub forwarding_reflex: String,
     /// Current findings per `hazard/severity`.
     pub findings: BTreeMap<String, u64>,
     /// Verdicts issued since start, per kind.
@@ -381,6 +383,8 @@ enum Input {
         ifaces: Vec<String>,
         latency: Duration,
         result: Result<(), String>,
+        /// `reflex` (the fast path) or `core`.
+        by: &'static str,
     },
 }
 
@@ -608,6 +612,9 @@ pub struct Core {
     frr_polling: bool,
     /// Interfaces with a remediation in flight.
     remediating: BTreeSet<String>,
+    /// The remediation's fast path (`None` without remediation, or when
+    /// its socket could not be opened).
+    reflex: Option<crate::kernel::reflex::Reflex>,
     remediations: VecDeque<String>,
     verdicts: BTreeMap<String, u64>,
     finding_labels: BTreeSet<(String, String)>,
@@ -617,6 +624,32 @@ pub struct Core {
     hairpin_busy: BTreeSet<String>,
     /// How to apply changes that do not go through the kernel writer, by id.
     apply_via: HashMap<u64, ApplyVia>,
+}
+
+/// Starts the forwarding reflex when remediation is on (see
+/// [`crate::kernel::reflex`]); its reactions reach the core as
+/// `Input::Remediated`, like the core's own.
+fn spawn_reflex(settings: &CoreSettings, input_tx: &mpsc::Sender<Input>) -> Option<crate::kernel::reflex::Reflex> {
+    let policy = &settings.hazards.subnet_anycast;
+    if !policy.remediate {
+        return None;
+    }
+    let tx = input_tx.clone();
+    let report = move |r: crate::kernel::reflex::Reaction| {
+        let _ = tx.blocking_send(Input::Remediated {
+            ifaces: r.ifaces,
+            latency: r.latency,
+            result: r.result,
+            by: "reflex",
+        });
+    };
+    match crate::kernel::reflex::Reflex::spawn(settings.proc_sys.clone(), policy.realtime_priority, report) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn!(error = %e, "forwarding reflex unavailable: the core remediates alone");
+            None
+        }
+    }
 }
 
 /// Starts the monitor (subscribing before anything is dumped) and the core
@@ -661,6 +694,7 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         }
     }
     let selftest_state = if settings.selftest.is_some() { "running" } else { "disabled" };
+    let reflex = spawn_reflex(&settings, &input_tx);
     let resumed = resume_pending(&replayed, settings.hazards.ecmp_rehash.on_timeout, settings.northbound.as_ref());
     let mut core = Core {
         model: Model::default(),
@@ -702,6 +736,7 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         frr_state: "connecting".into(),
         frr_polling: false,
         remediating: BTreeSet::new(),
+        reflex,
         remediations: VecDeque::new(),
         verdicts: BTreeMap::new(),
         finding_labels: BTreeSet::new(),
@@ -795,7 +830,13 @@ impl Core {
                     if matches!(input, Input::Tcp(_)) { sock_poll_busy = false; }
                     self.process_input(input);
                 }
-                                _ = pending_tick.tick() => self.process_pending(),
+                                _ = pending_tick.tick() => {
+                                    self.process_pending();
+                                    // Routes' gateways and sockets change
+                                    // the armed set too; they do not call
+                                    // for a look at every batch.
+                                    self.rearm();
+                                }
                 _ = frr_tick.tick() => self.spawn_frr_poll(),
                 _ = sock_tick.tick() => {
                     if !sock_poll_busy {
@@ -1008,6 +1049,18 @@ impl Core {
                     armed_flows: self.armed_count(),
                     frr_state: self.frr_state.clone(),
                     remediations: self.remediations.iter().cloned().collect(),
+                    forwarding_reflex: match &self.reflex {
+                        None => "off".into(),
+                        Some(r) if !r.alive() => "stopped".into(),
+                        Some(r) => {
+                            let names = r.armed_names();
+                            if names.is_empty() {
+                                "idle".into()
+                            } else {
+                                format!("armed: {}", names.into_iter().collect::<Vec<_>>().join(", "))
+                            }
+                        }
+                    },
                     findings: self.findings().iter().fold(BTreeMap::new(), |mut m, f| {
                         *m.entry(format!("{}/{}", f.hazard, severity_name(f.severity))).or_default() += 1;
                         m
@@ -1245,6 +1298,7 @@ impl Core {
                 let state = match r {
                     Ok(p) => {
                         self.frr_peers = p;
+                        self.rearm();
                         "up".to_string()
                     }
                     Err(e) => format!("unavailable: {e}"),
@@ -1287,7 +1341,7 @@ impl Core {
                 self.remediations.push_back(line);
                 self.publish_findings();
             }
-            Input::Remediated { ifaces, latency, result } => {
+            Input::Remediated { ifaces, latency, result, by } => {
                 self.settings.metrics.remediation_seconds.observe(latency.as_secs_f64());
                 for i in &ifaces {
                     self.remediating.remove(i);
@@ -1317,13 +1371,13 @@ impl Core {
                 }
                 let line = match &result {
                     Ok(()) => format!(
-                        "turned IPv6 forwarding off on {} {:.3} ms after the kernel reported the conflict",
+                        "turned IPv6 forwarding off on {} {:.3} ms after the kernel reported the conflict ({by})",
                         ifaces.join(", "),
                         latency.as_secs_f64() * 1000.0
                     ),
                     Err(e) => format!("remediation on {} failed: {e}", ifaces.join(", ")),
                 };
-                warn!(hazard = "subnet_anycast", latency_us = latency.as_micros() as u64, outcome = %line, "remediation");
+                warn!(hazard = "subnet_anycast", by, latency_us = latency.as_micros() as u64, outcome = %line, "remediation");
                 if self.remediations.len() >= MAX_EXPOSURES {
                     self.remediations.pop_front();
                 }
@@ -1416,13 +1470,19 @@ impl Core {
         if !self.settings.hazards.subnet_anycast.remediate || self.stale {
             return;
         }
+        // Interfaces armed before this batch are the reflex's: it saw the
+        // notification that turned forwarding on there, and has written
+        // (or is writing) already.
+        let reflex = self.reflex.as_ref().filter(|r| r.alive());
+        let armed = reflex.map(|r| r.armed_names()).unwrap_or_default();
         // Sorted and deduplicated already.
         let ifaces: Vec<String> = self.with_context(|ctx| {
             hazards::subnet_anycast::remediation_ifaces(ctx)
                 .into_iter()
-                .filter(|i| keep(i) && !self.remediating.contains(i))
+                .filter(|i| keep(i) && !self.remediating.contains(i) && !armed.contains(i))
                 .collect()
         });
+        self.rearm();
         if ifaces.is_empty() {
             return;
         }
@@ -1440,8 +1500,18 @@ impl Core {
             // The write is complete here: stop the clock before handing
             // the result back to the core.
             let latency = received.elapsed();
-            let _ = tx.blocking_send(Input::Remediated { ifaces, latency, result });
+            let _ = tx.blocking_send(Input::Remediated { ifaces, latency, result, by: "core" });
         });
+    }
+
+    /// Tells the reflex where forwarding would create a conflict now.
+    fn rearm(&self) {
+        if self.stale {
+            return;
+        }
+        if let Some(r) = &self.reflex {
+            r.arm(self.with_context(hazards::subnet_anycast::armed_ifaces));
+        }
     }
 
     fn start_selftest(&mut self) {

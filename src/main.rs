@@ -552,7 +552,7 @@ async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<
             "events_applied": s.events_applied, "frr_state": s.frr_state,
             "last_dump_ms": s.last_dump_ms, "counts": counts, "sysctls": sysctls,
                         "selftest": s.selftest, "pending": s.pending, "armed_flows": s.armed_flows,
-                        "remediations": s.remediations,
+                        "remediations": s.remediations, "forwarding_reflex": s.forwarding_reflex,
             "findings": s.findings.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "verdicts": s.verdicts.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "frr_northbound": s.frr_northbound.iter().collect::<std::collections::BTreeMap<_, _>>(),
@@ -583,6 +583,7 @@ async fn status(socket: PathBuf, as_json: bool, digest: bool) -> anyhow::Result<
         for (k, n) in f {
             println!("  finding {k}: {n}");
         }
+        println!("forwarding reflex: {}", s.forwarding_reflex);
         for r in &s.remediations {
             println!("  remediated: {r}");
         }

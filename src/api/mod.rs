@@ -293,6 +293,7 @@ impl pb::guard_server::Guard for GuardService {
             events_applied: s.events_applied,
             frr_state: s.frr_state,
             remediations: s.remediations,
+            forwarding_reflex: s.forwarding_reflex,
             findings: s.findings.into_iter().collect(),
             verdicts: s.verdicts.into_iter().collect(),
             model_digest: s.digest.unwrap_or_default(),

@@ -119,16 +119,34 @@ fn local_anycasts<'a>(ctx: &'a Context<'_>) -> impl Iterator<Item = (u32, Ipv6Ad
 /// tables' gateway index: no route is walked or named, so the cost does not
 /// grow with the routing table. The findings name the routes afterwards.
 pub fn remediation_ifaces(ctx: &Context<'_>) -> Vec<String> {
+    let mut out: Vec<String> = exposed(ctx, true).into_values().collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The interfaces where turning IPv6 forwarding on would create a
+/// conflict (or has: forwarding is not looked at), by ifindex: what the
+/// forwarding reflex ([`crate::kernel::reflex`]) is armed with. Decided
+/// like [`remediation_ifaces`], at the same cost.
+pub fn armed_ifaces(ctx: &Context<'_>) -> BTreeMap<u32, String> {
+    exposed(ctx, false)
+}
+
+/// Interfaces claiming a Subnet-Router anycast that a peer, a nexthop
+/// object or a route's gateway uses; with `only_forwarding`, only those
+/// where forwarding is on.
+fn exposed(ctx: &Context<'_>, only_forwarding: bool) -> BTreeMap<u32, String> {
     let m = ctx.model;
-    // Anycast address -> interfaces with forwarding on that claim it.
+    // Anycast address -> interfaces that claim it (or would).
     let mut claimed: BTreeMap<Ipv6Addr, Vec<u32>> = BTreeMap::new();
     for (ifindex, anycast, _) in local_anycasts(ctx) {
-        if forwarding_on(ctx, ifindex) {
+        if !only_forwarding || forwarding_on(ctx, ifindex) {
             claimed.entry(anycast).or_default().push(ifindex);
         }
     }
     if claimed.is_empty() {
-        return Vec::new();
+        return BTreeMap::new();
     }
     let v6 = |a: Option<IpAddr>| match a {
         Some(IpAddr::V6(a)) => Some(a),
@@ -142,10 +160,7 @@ pub fn remediation_ifaces(ctx: &Context<'_>) -> Vec<String> {
         .filter(|a| claimed.contains_key(a))
         .collect();
     hit.extend(claimed.keys().filter(|a| m.routes.uses_gateway(IpAddr::V6(**a))));
-    let mut out: Vec<String> = hit.iter().flat_map(|a| claimed[a].iter()).map(|&ifindex| m.ifname(ifindex)).collect();
-    out.sort();
-    out.dedup();
-    out
+    hit.iter().flat_map(|a| claimed[a].iter()).map(|&ifindex| (ifindex, m.ifname(ifindex))).collect()
 }
 
 fn forwarding_on(ctx: &Context<'_>, ifindex: u32) -> bool {

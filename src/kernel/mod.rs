@@ -8,6 +8,7 @@ pub mod decode;
 pub mod dump;
 pub mod monitor;
 pub mod nl;
+pub mod reflex;
 pub mod route_get;
 pub mod sockdiag;
 mod sockopt;

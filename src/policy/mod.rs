@@ -111,11 +111,15 @@ pub struct AnycastPolicy {
     /// When forwarding was turned on behind the guard's back over a peer,
     /// turn it off on the peering interfaces at once.
     pub remediate: bool,
+    /// 1-99: the remediation's fast path (the forwarding reflex thread)
+    /// runs `SCHED_FIFO` at this priority (needs CAP_SYS_NICE); 0 (the
+    /// default): normal scheduling.
+    pub realtime_priority: u8,
 }
 
 impl Default for AnycastPolicy {
     fn default() -> Self {
-        AnycastPolicy { mode: Mode::Enforce, action: Action::Veto, remediate: true }
+        AnycastPolicy { mode: Mode::Enforce, action: Action::Veto, remediate: true, realtime_priority: 0 }
     }
 }
 
@@ -179,6 +183,13 @@ impl HazardsConfig {
         }
         if self.hairpin_dad.action == Action::Delay {
             return Err("key `hazards.hairpin_dad.action`: \"delay\" cannot help; use \"veto\" or \"stage\"".into());
+        }
+        if self.subnet_anycast.realtime_priority > 99 {
+            return Err(format!(
+                "key `hazards.subnet_anycast.realtime_priority`: {} is not a SCHED_FIFO priority (1-99, or 0 for \
+                 normal scheduling)",
+                self.subnet_anycast.realtime_priority
+            ));
         }
         if self.subnet_anycast.action == Action::Delay {
             return Err("key `hazards.subnet_anycast.action`: \"delay\" cannot help (the conflict does not drain \
