@@ -242,7 +242,13 @@ fn harmless_commit_lands_in_frr_and_the_kernel_and_bad_input_is_refused() {
     eventually(slow(Duration::from_secs(10)), || {
         d.log_text().contains("the proxy committed meanwhile").then_some(()).ok_or("no poll since".to_string())
     });
-    // A change made elsewhere (vtysh) is noticed by the poller.
+    // A change made elsewhere (vtysh) is noticed by the poller: logged
+    // and streamed by WatchEvents.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut stream = rt.block_on(async {
+        let mut c = routeguard::client::connect(&d.socket).await.expect("connect");
+        c.watch_events(routeguard::proto::guard::WatchEventsRequest {}).await.unwrap().into_inner()
+    });
     let out = frr.vtysh(&["configure terminal", "ipv6 route 2001:db8:88::/64 fd00:1::3"]);
     let running = frr.vtysh(&["show running-config"]);
     assert!(running.contains("2001:db8:88::/64"), "vtysh said {out:?}; running config:\n{running}");
@@ -251,6 +257,22 @@ fn harmless_commit_lands_in_frr_and_the_kernel_and_bad_input_is_refused() {
         (log.contains("FRR configuration changed outside routeguard") && log.contains("2001:db8:88::/64"))
             .then_some(())
             .ok_or("no change reported".to_string())
+    });
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + slow(Duration::from_secs(10));
+        let mut seen = Vec::new();
+        loop {
+            let ev = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("no frr_config event; saw {seen:?}"))
+                .expect("stream error")
+                .expect("stream ended");
+            if ev.kind == "frr_config" && ev.op == "changed_elsewhere" && ev.key.contains("2001:db8:88::/64") {
+                assert!(ev.key.starts_with("staticd ") && ev.key.contains("+/"), "{ev:?}");
+                break;
+            }
+            seen.push((ev.kind, ev.op, ev.key));
+        }
     });
 
     // Bad input: clear codes, and the proxy keeps serving.

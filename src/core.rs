@@ -51,6 +51,12 @@ const MONITOR_QUEUE: usize = 4096;
 
 /// A question for the core, answered through its oneshot.
 pub enum Query {
+    /// An event from outside the kernel model for `WatchEvents` (FRR
+    /// configuration changes the northbound poller saw); no reply.
+    Publish {
+        /// The event.
+        applied: Applied,
+    },
     /// Status counters.
     Status {
         /// Whether to compute the (O(model)) digest.
@@ -1147,6 +1153,7 @@ impl Core {
                 let views = self.peers().iter().map(|p| peers::view(&self.model, p)).collect();
                 let _ = reply.send((views, self.frr_state.clone()));
             }
+            Query::Publish { applied } => self.publish(applied),
             Query::Show { kind, limit, reply } => {
                 let _ = reply.send(show(&self.model, &kind, limit));
             }

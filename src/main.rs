@@ -431,6 +431,24 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
     // FRR's gRPC northbound: watched when configured; the proxy on top.
     let northbound = if let Some(nb) = nb {
         nb.spawn_pollers();
+        // Configuration changes the pollers see go to WatchEvents too.
+        let mut events = nb.events();
+        let c = core.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) => {
+                        if c.query_tx.send(core::Query::Publish { applied: e.applied() }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "FRR configuration events dropped before WatchEvents")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
         if let Some(listen) = cfg.proxy.listen {
             let proxy = routeguard::frr::proxy::Proxy::new(nb.clone(), core.clone());
             routeguard::frr::proxy::serve(listen, proxy, stopped(stop_rx.clone()))

@@ -51,6 +51,21 @@ pub struct NorthboundEvent {
     pub via_proxy: bool,
 }
 
+impl NorthboundEvent {
+    /// As a `WatchEvents` event: kind `frr_config`, op `committed` (the
+    /// proxy committed meanwhile) or `changed_elsewhere`, and a key naming
+    /// the daemon, the path and the lines (`+` added, `-` removed).
+    pub fn applied(&self) -> crate::model::Applied {
+        let lines: Vec<String> =
+            self.added.iter().map(|l| format!("+{l}")).chain(self.removed.iter().map(|l| format!("-{l}"))).collect();
+        crate::model::Applied {
+            kind: "frr_config",
+            op: if self.via_proxy { "committed" } else { "changed_elsewhere" },
+            key: format!("{} {}: {}", self.daemon, self.path, lines.join("; ")),
+        }
+    }
+}
+
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("key `frr.northbound.{daemon}`: {reason}")]
@@ -442,6 +457,21 @@ pub fn flatten(prefix: &str, v: &Value, out: &mut BTreeSet<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_changes_become_watch_events() {
+        let e = NorthboundEvent {
+            daemon: "staticd".into(),
+            path: "/frr-routing:routing".into(),
+            added: vec!["/a = 1".into()],
+            removed: vec!["/b = 2".into()],
+            via_proxy: false,
+        };
+        let a = e.applied();
+        assert_eq!((a.kind, a.op), ("frr_config", "changed_elsewhere"));
+        assert_eq!(a.key, "staticd /frr-routing:routing: +/a = 1; -/b = 2");
+        assert_eq!(NorthboundEvent { via_proxy: true, ..e }.applied().op, "committed");
+    }
 
     #[test]
     fn flattening_names_list_entries_by_their_keys() {
