@@ -605,6 +605,16 @@ mod tests {
 
         let f = write("socket = [1, 2]\n");
         assert!(Config::load(Some(f.path()), &[]).is_err());
+
+        let f = write("[hazards.subnet_anycast]\nrealtime_priority = 100\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("hazards.subnet_anycast.realtime_priority") && e.contains("1-99"), "{e}");
+        let e = Config::load(None, &env(&[("ROUTEGUARD_HAZARDS__SUBNET_ANYCAST__REALTIME_PRIORITY", "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("realtime_priority"), "{e}");
+        let c = Config::load(None, &env(&[("ROUTEGUARD_HAZARDS__SUBNET_ANYCAST__REALTIME_PRIORITY", "10")])).unwrap();
+        assert_eq!(c.hazards.subnet_anycast.realtime_priority, 10);
     }
 
     #[test]
