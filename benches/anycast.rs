@@ -26,8 +26,9 @@
 //! conflict exists), wait until `rgbv0.forwarding` reads `0` again, wait for
 //! the daemon's `remediation` log event, write `0` to `all.forwarding`,
 //! pause (`RGBENCH_ANYCAST_PAUSE_MS`, default 150). Per toggle it records
-//!   (a) the daemon's own latency: `latency_us` of its event (monitor
-//!       thread's receive of the notification -> sysctl write done);
+//!   (a) the daemon's own latency: `latency_us` of its event (the
+//!       forwarding reflex's, or the monitor thread's, receive of the
+//!       notification -> sysctl write done);
 //!   (b) an external latency: from just before the bench's `all.forwarding`
 //!       write to the moment the bench sees `rgbv0.forwarding == 0`. This
 //!       includes the write syscall itself (the kernel rewrites every
@@ -51,7 +52,10 @@
 //! the latency grows with the routing table; `RGBENCH_ANYCAST_TIMEOUT_MS`
 //! (default 2000) is the per-toggle timeout; `RGBENCH_ANYCAST_DAEMON_WRAP`
 //! (e.g. `chrt -f 10`) runs the daemon under a wrapper that execs in place,
-//! to see what a scheduling priority does to the tail.
+//! to see what a scheduling priority does to the tail;
+//! `RGBENCH_ANYCAST_REALTIME_PRIORITY=N` sets the daemon's
+//! `hazards.subnet_anycast.realtime_priority` (the forwarding reflex thread
+//! alone runs SCHED_FIFO).
 //!
 //! Percentiles are nearest-rank over the samples of one pass: p50 is the
 //! 25th of 50 sorted samples, p99 the 50th, i.e. the maximum. A toggle the
@@ -243,6 +247,11 @@ impl Daemon {
             if k.starts_with("ROUTEGUARD_") || k == "RUST_LOG" {
                 cmd.env_remove(k);
             }
+        }
+        // The forwarding reflex's SCHED_FIFO priority (config
+        // `hazards.subnet_anycast.realtime_priority`), when asked for.
+        if let Ok(p) = std::env::var("RGBENCH_ANYCAST_REALTIME_PRIORITY") {
+            cmd.env("ROUTEGUARD_HAZARDS__SUBNET_ANYCAST__REALTIME_PRIORITY", p);
         }
         cmd.env("ROUTEGUARD_STATE_DIR", dir)
             .env("ROUTEGUARD_SELFTEST__ON_START", "false")
@@ -879,6 +888,7 @@ fn bench(ns: &str, dir: &Path, p: &Params) -> Result<Value> {
         "load": { "uptime_start": up_start, "before": load_before, "after": load_after, "uptime_end": up_end },
         "pause_ms": p.pause.as_millis() as u64,
         "extra_routes": p.routes,
+        "realtime_priority": std::env::var("RGBENCH_ANYCAST_REALTIME_PRIORITY").ok(),
         "daemon_wrap": std::env::var("RGBENCH_ANYCAST_DAEMON_WRAP").ok(),
         "daemon_cpu_s": (cpu * 100.0).round() / 100.0,
         "remediations_in_status": rems.len(),

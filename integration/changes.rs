@@ -221,4 +221,11 @@ fn a_held_change_can_be_cancelled_and_nothing_is_applied() {
     let o = d.cli(&["change", "999999"], true);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no change 999999"), "{o:?}");
+    // History: a limit, and a bad one named.
+    let h = d.json(&["history", "--limit", "1"]);
+    assert_eq!(h["history"].as_array().unwrap().len(), 1, "{h}");
+    assert_eq!(h["history"][0]["type"], "cancel", "the newest entry: {h}");
+    let o = d.cli(&["history", "--limit", "0"], true);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--limit"), "{o:?}");
 }

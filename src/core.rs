@@ -136,6 +136,8 @@ pub enum Query {
     History {
         /// Only this change.
         id: Option<u64>,
+        /// Without `id`: at most this many (the newest) entries.
+        limit: usize,
         /// Reply.
         reply: oneshot::Sender<Result<Vec<crate::journal::Entry>, String>>,
     },
@@ -1131,15 +1133,19 @@ impl Core {
             Query::Cancel { id, who, reason, reply } => {
                 let _ = reply.send(self.cancel(id, who, reason));
             }
-            Query::History { id, reply } => {
-                let r = match &self.journal {
-                    Some(j) => crate::journal::read_entries(j.path())
-                        .map(|v| v.into_iter().filter(|e| id.is_none_or(|id| e.record.change_id() == id)).collect())
-                        .map_err(|e| e.to_string()),
-                    None => Err("this guard keeps no journal".to_string()),
-                };
-                let _ = reply.send(r);
-            }
+            Query::History { id, limit, reply } => match &self.journal {
+                // Files are read off the core's thread: the model keeps
+                // being updated meanwhile.
+                Some(j) => {
+                    let path = j.path().to_path_buf();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = reply.send(crate::journal::history(&path, id, limit).map_err(|e| e.to_string()));
+                    });
+                }
+                None => {
+                    let _ = reply.send(Err("this guard keeps no journal".to_string()));
+                }
+            },
             Query::Reconfigure { hazards, vtysh, reply } => {
                 if hazards != self.settings.hazards {
                     info!(hazards = ?hazards, "hazard policies reloaded");

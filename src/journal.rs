@@ -13,6 +13,17 @@
 //! A torn last line (a crash mid-write) is dropped with a warning; any
 //! other unreadable line is skipped with a warning naming its number, and
 //! the rest is still replayed: one bad line never loses the others.
+//!
+//! **Rotation.** Once the file passes [`MAX_BYTES`] it is rotated: the
+//! records of every change that could still resume are copied, after a
+//! `rotated` record carrying the highest change id so far, into a new
+//! file that atomically replaces `journal.jsonl`; the full old file
+//! becomes `journal.1.jsonl` (older ones shift up to `journal.3.jsonl`,
+//! the oldest is dropped). Every step leaves a complete `journal.jsonl`
+//! behind: the old file is hard-linked to its archive name before the new
+//! one is renamed over it, so a crash at any point loses nothing (a link
+//! left by an interrupted rotation is removed at the next open). History
+//! reads the archives too.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -27,6 +38,15 @@ use crate::policy::intent::Intent;
 
 /// File name under the state directory.
 pub const FILE: &str = "journal.jsonl";
+/// Size past which the journal is rotated.
+pub const MAX_BYTES: u64 = 16 << 20;
+/// Rotated files kept (`journal.1.jsonl` newest).
+pub const ARCHIVES: usize = 3;
+
+/// `journal.N.jsonl` next to `path`.
+fn archive(path: &Path, n: usize) -> PathBuf {
+    path.with_file_name(format!("journal.{n}.jsonl"))
+}
 
 /// One journal record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,6 +127,16 @@ pub enum Record {
         /// Why (may be empty).
         reason: String,
     },
+    /// The first record of a rotated journal: ids continue after
+    /// `change_id`; older records are in `journal.1.jsonl` and up.
+    Rotated {
+        /// The highest change id so far (not a change of its own).
+        change_id: u64,
+        /// Records copied after this one (the changes that may resume;
+        /// their originals are in `journal.1.jsonl`).
+        #[serde(default)]
+        carried: usize,
+    },
 }
 
 impl Record {
@@ -119,7 +149,8 @@ impl Record {
             | Record::Step { change_id, .. }
             | Record::Done { change_id, .. }
             | Record::Approve { change_id, .. }
-            | Record::Cancel { change_id, .. } => *change_id,
+            | Record::Cancel { change_id, .. }
+            | Record::Rotated { change_id, .. } => *change_id,
         }
     }
 }
@@ -148,6 +179,7 @@ impl Entry {
             Record::Done { outcome, .. } => outcome.clone(),
             Record::Approve { .. } => "approved".into(),
             Record::Cancel { .. } => "cancelled".into(),
+            Record::Rotated { .. } => "rotated".into(),
         }
     }
 
@@ -206,14 +238,24 @@ pub enum JournalError {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Bytes in the file.
+    size: u64,
+    /// Rotate past this.
+    max_bytes: u64,
 }
 
 impl Journal {
     /// Opens (creating) `<dir>/journal.jsonl` and replays it.
     pub fn open(dir: &Path) -> Result<(Journal, Replay), JournalError> {
+        Self::open_with(dir, MAX_BYTES)
+    }
+
+    /// [`Journal::open`], rotating past `max_bytes`.
+    pub fn open_with(dir: &Path, max_bytes: u64) -> Result<(Journal, Replay), JournalError> {
         let path = dir.join(FILE);
         let io = |source| JournalError::Io { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
+        recover_rotation(&path).map_err(io)?;
         let replay = match File::open(&path) {
             Ok(f) => replay(BufReader::new(f), now_ms()).map_err(io)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Replay::default(),
@@ -223,22 +265,162 @@ impl Journal {
             warn!(path = %path.display(), line, error = %why, "journal line skipped");
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
-        Ok((Journal { path, file }, replay))
+        let size = file.metadata().map_err(io)?.len();
+        Ok((Journal { path, file, size, max_bytes }, replay))
     }
 
-    /// Appends one entry and syncs it to disk before returning.
+    /// Appends one entry and syncs it to disk before returning; rotates
+    /// the file once it is past its size (a failed rotation is logged and
+    /// retried at the next append: the entry itself is written).
     pub fn append(&mut self, entry: &Entry) -> Result<(), JournalError> {
         let mut line = serde_json::to_string(entry).expect("journal records serialize");
         line.push('\n');
         let io = |source| JournalError::Io { path: self.path.clone(), source };
         self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)
+        self.file.sync_data().map_err(io)?;
+        self.size += line.len() as u64;
+        if self.size > self.max_bytes {
+            if let Err(e) = self.rotate() {
+                warn!(path = %self.path.display(), error = %e, "journal rotation failed; the journal keeps growing");
+            }
+        }
+        Ok(())
+    }
+
+    /// Rotates now (see the module docs).
+    pub fn rotate(&mut self) -> std::io::Result<()> {
+        let text = std::fs::read_to_string(&self.path)?;
+        let r = replay(text.as_bytes(), now_ms())?;
+        // Whole lines of the changes that may resume, in order.
+        let mut carried = String::new();
+        let mut n = 0;
+        for line in text.lines() {
+            let Ok(e) = serde_json::from_str::<Entry>(line) else { continue };
+            if r.resume.contains_key(&e.record.change_id()) && !matches!(e.record, Record::Rotated { .. }) {
+                carried.push_str(line);
+                carried.push('\n');
+                n += 1;
+            }
+        }
+        let marker = Entry { at_ms: now_ms(), record: Record::Rotated { change_id: r.max_id, carried: n } };
+        let mut out = serde_json::to_string(&marker).expect("journal records serialize");
+        out.push('\n');
+        out.push_str(&carried);
+        let tmp = self.path.with_extension("jsonl.tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(out.as_bytes())?;
+            f.sync_all()?;
+        }
+        for n in (1..ARCHIVES).rev() {
+            match std::fs::rename(archive(&self.path, n), archive(&self.path, n + 1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::hard_link(&self.path, archive(&self.path, 1))?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.size = out.len() as u64;
+        tracing::info!(
+            path = %self.path.display(),
+            kept = r.resume.len(),
+            archived = %archive(&self.path, 1).display(),
+            "journal rotated"
+        );
+        Ok(())
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Undoes what an interrupted rotation left: the archive link still
+/// naming the current file, and the unfinished new file.
+fn recover_rotation(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let same = match (std::fs::metadata(path), std::fs::metadata(archive(path, 1))) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    };
+    if same {
+        warn!(path = %path.display(), "an interrupted journal rotation is undone");
+        std::fs::remove_file(archive(path, 1))?;
+        for n in 2..=ARCHIVES {
+            match std::fs::rename(archive(path, n), archive(path, n - 1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    match std::fs::remove_file(path.with_extension("jsonl.tmp")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The history: entries of change `id` (all of them, from every file) or,
+/// without an id, the newest `limit` entries, oldest first. Reads the
+/// current journal, then the archives only as far as needed. `rotated`
+/// records are not history and are left out.
+pub fn history(path: &Path, id: Option<u64>, limit: usize) -> Result<Vec<Entry>, JournalError> {
+    let matches = |e: &Entry| id.is_none_or(|id| e.record.change_id() == id);
+    let mut newest_first: Vec<Vec<Entry>> = Vec::new();
+    let mut count = 0;
+    let mut current_carried = Vec::new();
+    let mut began_anywhere = false;
+    for n in 0..=ARCHIVES {
+        let p = if n == 0 { path.to_path_buf() } else { archive(path, n) };
+        // A file's carried records are copies of records in the file
+        // before it: each record is listed once, from where it was written.
+        let (carried, own) = split_carried(read_entries(&p)?);
+        if n == 0 {
+            current_carried = carried.into_iter().filter(|e| matches(e)).collect();
+        }
+        let mut v: Vec<Entry> = own.into_iter().filter(|e| matches(e)).collect();
+        // A change begins with its decision: once seen, older files hold
+        // nothing more of it.
+        let began = id.is_some() && v.iter().any(|e| matches!(e.record, Record::Decision { .. }));
+        began_anywhere |= began;
+        count += v.len();
+        if id.is_none() && count > limit {
+            v.drain(..count - limit);
+            count = limit;
+        }
+        newest_first.push(v);
+        if began || (id.is_none() && count >= limit) {
+            break;
+        }
+    }
+    if id.is_some() && !began_anywhere {
+        // The change began in an archive dropped since: its carried
+        // copies are all that is left of its beginning.
+        newest_first.push(current_carried);
+    }
+    Ok(newest_first.into_iter().rev().flatten().collect())
+}
+
+/// A file's entries as (carried copies, its own), without the marker.
+fn split_carried(entries: Vec<Entry>) -> (Vec<Entry>, Vec<Entry>) {
+    let mut carried = Vec::new();
+    let mut own = Vec::new();
+    let mut skip = 0;
+    for e in entries {
+        match e.record {
+            Record::Rotated { carried: n, .. } => skip = n,
+            _ if skip > 0 => {
+                skip -= 1;
+                carried.push(e);
+            }
+            _ => own.push(e),
+        }
+    }
+    (carried, own)
 }
 
 /// Reads every entry of the journal at `path` (for `history`), skipping
@@ -298,7 +480,7 @@ pub fn replay(r: impl BufRead, now_ms: u64) -> std::io::Result<Replay> {
             Record::Done { .. } | Record::Cancel { .. } => {
                 out.resume.remove(&id);
             }
-            Record::Decision { .. } | Record::Approve { .. } => {}
+            Record::Decision { .. } | Record::Approve { .. } | Record::Rotated { .. } => {}
         }
     }
     Ok(out)
@@ -359,6 +541,76 @@ mod tests {
         let old = line(held(5, u64::MAX));
         assert!(!old.contains("northbound"), "{old}");
         assert!(replay(std::io::Cursor::new(old), 1).unwrap().resume.contains_key(&5));
+    }
+
+    fn decision(id: u64) -> Entry {
+        Entry {
+            at_ms: 1,
+            record: Record::Decision {
+                change_id: id,
+                intent: parse_sysctl("net.ipv6.conf.all.forwarding=1").unwrap(),
+                verdict: "allow".into(),
+                requester: "uid 0".into(),
+                reasons: vec![],
+            },
+        }
+    }
+
+    fn done(id: u64) -> Entry {
+        Entry { at_ms: 1, record: Record::Done { change_id: id, outcome: "applied".into(), message: String::new() } }
+    }
+
+    #[test]
+    fn rotation_keeps_held_changes_ids_and_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open_with(dir.path(), 4096).unwrap();
+        // Change 1 is held (never finishes); then finished changes until
+        // the journal has rotated more than ARCHIVES times.
+        j.append(&decision(1)).unwrap();
+        j.append(&Entry { at_ms: 1, record: held(1, u64::MAX) }).unwrap();
+        j.append(&Entry { at_ms: 1, record: Record::Step { change_id: 1, step: "s".into() } }).unwrap();
+        let mut id = 2;
+        while std::fs::metadata(archive(j.path(), ARCHIVES)).is_err() || id < 200 {
+            j.append(&decision(id)).unwrap();
+            j.append(&done(id)).unwrap();
+            id += 1;
+        }
+        assert!(std::fs::metadata(j.path()).unwrap().len() < 4096 + 1024);
+        assert!(std::fs::metadata(archive(j.path(), ARCHIVES + 1)).is_err(), "older archives are dropped");
+        drop(j);
+        let (_, r) = Journal::open_with(dir.path(), 4096).unwrap();
+        assert_eq!(r.resume.keys().copied().collect::<Vec<_>>(), vec![1], "the held change survives rotation");
+        assert_eq!(r.resume[&1].steps, vec!["s"]);
+        assert_eq!(r.max_id, id - 1, "ids continue after rotation");
+        // History: the held change whole (its records were carried), the
+        // newest entries across files, no `rotated` records.
+        let h1 = history(&dir.path().join(FILE), Some(1), 1000).unwrap();
+        assert_eq!(h1.iter().map(Entry::state).collect::<Vec<_>>(), vec!["allowed", "held", "applying"]);
+        let last = history(&dir.path().join(FILE), None, 50).unwrap();
+        assert_eq!(last.len(), 50);
+        assert_eq!(last.last().unwrap().record.change_id(), id - 1);
+        assert!(last.windows(2).all(|w| w[0].record.change_id() <= w[1].record.change_id()), "oldest first");
+        let all = history(&dir.path().join(FILE), None, 100_000).unwrap();
+        assert!(all.iter().all(|e| e.state() != "rotated"));
+        // Change 1 began in an archive dropped since: its carried copies
+        // stand in, once each.
+        assert!(all.iter().filter(|e| e.record.change_id() == 1).count() <= 3);
+    }
+
+    #[test]
+    fn an_interrupted_rotation_is_undone_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        std::fs::write(&path, format!("{}\n{}\n", line(held(1, u64::MAX)), line(held(2, u64::MAX)))).unwrap();
+        // Crashed after linking the archive, before the rename.
+        std::fs::write(archive(&path, 1), "older\n").unwrap();
+        std::fs::rename(archive(&path, 1), archive(&path, 2)).unwrap();
+        std::fs::hard_link(&path, archive(&path, 1)).unwrap();
+        std::fs::write(path.with_extension("jsonl.tmp"), "half").unwrap();
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.resume.len(), 2);
+        assert_eq!(std::fs::read_to_string(archive(&path, 1)).unwrap(), "older\n");
+        assert!(!archive(&path, 2).exists() && !path.with_extension("jsonl.tmp").exists());
     }
 
     #[test]

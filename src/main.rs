@@ -200,6 +200,9 @@ enum Command {
         /// Only this change.
         #[arg(long)]
         id: Option<u64>,
+        /// The newest this many entries (at most 10000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
         #[command(flatten)]
         socket: SocketArg,
         /// Print one JSON object.
@@ -345,7 +348,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Pending { socket, json } => pending(socket.socket, json).await,
         Command::Approve { id, reason, socket, json } => approve(socket.socket, id, reason, json).await,
         Command::Cancel { id, reason, socket, json } => cancel(socket.socket, id, reason, json).await,
-        Command::History { id, socket, json } => history(socket.socket, id, json).await,
+        Command::History { id, limit, socket, json } => history(socket.socket, id, limit, json).await,
         Command::Change { id, watch, socket, json } => change(socket.socket, id, watch, json).await,
         Command::Peers { socket, json } => peers(socket.socket, json).await,
         Command::Audit { fail_on, config, json } => audit(config, &fail_on, json).await,
@@ -919,10 +922,10 @@ fn print_history_entry(e: &pb::HistoryEntry) {
     println!("{} change {} {}: {}", e.at_ms, e.change_id, e.r#type, detail.replace('"', ""));
 }
 
-async fn history(socket: PathBuf, id: Option<u64>, as_json: bool) -> anyhow::Result<ExitCode> {
+async fn history(socket: PathBuf, id: Option<u64>, limit: u32, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut c = routeguard::client::connect(&socket).await?;
-    let r =
-        c.list_history(pb::ListHistoryRequest { change_id: id.unwrap_or(0) }).await.map_err(status_err)?.into_inner();
+    let req = pb::ListHistoryRequest { change_id: id.unwrap_or(0), limit };
+    let r = c.list_history(req).await.map_err(status_err)?.into_inner();
     if as_json {
         let list: Vec<serde_json::Value> =
             r.entries.iter().map(|e| serde_json::from_str(&e.json).unwrap_or(json!(e.json))).collect();

@@ -75,7 +75,8 @@ impl GuardService {
         if id == 0 {
             return Err(Status::invalid_argument("change_id 0 is no change"));
         }
-        let entries = self.ask(|reply| Query::History { id: Some(id), reply }).await?.map_err(Status::unavailable)?;
+        let entries =
+            self.ask(|reply| Query::History { id: Some(id), limit: 0, reply }).await?.map_err(Status::unavailable)?;
         if entries.is_empty() {
             return Err(Status::not_found(format!("no change {id} in the journal")));
         }
@@ -216,6 +217,11 @@ fn decision_to_pb(d: &Decision) -> pb::Decision {
     }
     out
 }
+
+/// History entries `ListHistory` returns when no limit is given.
+pub const DEFAULT_HISTORY: usize = 1000;
+/// Most history entries one `ListHistory` returns.
+pub const MAX_HISTORY: usize = 10_000;
 
 fn history_pb(e: &crate::journal::Entry) -> pb::HistoryEntry {
     let json = serde_json::to_value(e).unwrap_or_default();
@@ -530,7 +536,14 @@ impl pb::guard_server::Guard for GuardService {
         req: Request<pb::ListHistoryRequest>,
     ) -> Result<Response<pb::ListHistoryResponse>, Status> {
         let id = Some(req.get_ref().change_id).filter(|&i| i != 0);
-        let entries = self.ask(|reply| Query::History { id, reply }).await?.map_err(Status::unavailable)?;
+        let limit = match req.get_ref().limit {
+            0 => DEFAULT_HISTORY,
+            n if n as usize > MAX_HISTORY => {
+                return Err(Status::invalid_argument(format!("limit {n}: at most {MAX_HISTORY} entries per call")))
+            }
+            n => n as usize,
+        };
+        let entries = self.ask(|reply| Query::History { id, limit, reply }).await?.map_err(Status::unavailable)?;
         Ok(Response::new(pb::ListHistoryResponse { entries: entries.iter().map(history_pb).collect() }))
     }
 
