@@ -442,6 +442,52 @@ fn delayed_commit_applies_by_itself_once_flows_close() {
     assert!(d.log_text().contains("edits replayed"), "the held commit was replayed into FRR");
 }
 
+/// The Guard API takes northbound edits too (`evaluate|propose
+/// --northbound-edit`): judged like a commit through the proxy (the ECMP
+/// veto with flows at risk, FRR unchanged) and committed to FRR when
+/// allowed; bad edits are refused with the edit named.
+#[test]
+fn guard_api_judges_and_commits_northbound_edits() {
+    let (lab, _frr, d, mut h) = ecmp_setup("nbG", "veto");
+    let before = in_ns(&lab.r.name, staticd_config());
+    let drop3 = format!("delete {}", cli_nexthop_xpath(ANYCAST_RT, "fd00:3::2", "rgr3"));
+    let v = d.decision(&["evaluate", "--northbound-edit", &drop3]);
+    assert_eq!(v["verdict"], "veto", "{v}");
+    assert!(v["reasons"][0].as_str().unwrap().contains("at risk"), "{v}");
+    let v = d.decision(&["propose", "--northbound-edit", &drop3]);
+    assert_eq!((v["verdict"].as_str(), v["outcome"].as_str()), (Some("veto"), Some("vetoed")), "{v}");
+    let id = v["change_id"].as_u64().expect("a vetoed proposal is journaled");
+    assert_eq!(d.json(&["change", &id.to_string()])["state"], "vetoed");
+    assert_eq!(in_ns(&lab.r.name, staticd_config()), before, "FRR's config changed");
+    assert!(h.check().is_empty(), "a vetoed proposal must not touch the flows");
+
+    let prefix = "2001:db8:99::/64";
+    let add = format!("update {}", nexthop_xpath(prefix, "fd00:1::2", "rgr1"));
+    let v = d.decision(&["propose", "--northbound-edit", &add]);
+    assert_eq!((v["verdict"].as_str(), v["outcome"].as_str()), (Some("allow"), Some("applied")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("staticd committed"), "{v}");
+    assert!(in_ns(&lab.r.name, staticd_config()).contains(prefix));
+    eventually(slow(Duration::from_secs(5)), || {
+        let r = kernel_route(&lab.r, prefix);
+        r.contains("rgr1").then_some(()).ok_or(format!("not in the kernel: {r:?}"))
+    });
+    // The same edit again changes nothing: allowed, nothing to judge.
+    let v = d.decision(&["evaluate", "--northbound-edit", &add]);
+    assert_eq!(v["verdict"], "allow", "{v}");
+
+    for (bad, says) in [
+        ("update /frr-staticd:nonsense", "frr-staticd"),
+        ("replace /a", "update PATH VALUE"),
+        ("update /frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd'][vrf='default']/frr-staticd:staticd/route-list[prefix='not-a-prefix'][afi-safi='frr-routing:ipv6-unicast']", "not-a-prefix"),
+    ] {
+        let o = d.cli(&["evaluate", "--northbound-edit", bad], true);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+    assert_eq!(d.json(&["status"])["ready"], true, "the daemon keeps serving");
+}
+
 /// Restart safety for the proxy: a commit held by the guard survives
 /// `kill -9`. After the restart it is still held (FRR unchanged, no flow
 /// broken) and, once the flows close, it is committed to FRR by itself

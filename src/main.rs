@@ -264,6 +264,10 @@ struct ChangeArgs {
     /// configuration is judged, then applied (FRR's frr-reload.py)
     #[arg(long, value_name = "FILE")]
     frr_config: Option<PathBuf>,
+    /// FRR northbound edits, judged and committed like one candidate through
+    /// the proxy: 'update XPATH VALUE' or 'delete XPATH' (repeat the flag)
+    #[arg(long, value_name = "update XPATH VALUE | delete XPATH")]
+    northbound_edit: Vec<String>,
 }
 
 impl ChangeArgs {
@@ -305,10 +309,22 @@ impl ChangeArgs {
                 );
             }
             I::FrrConfig(text)
+        } else if !self.northbound_edit.is_empty() {
+            let mut e = pb::NorthboundEdit::default();
+            for s in &self.northbound_edit {
+                let (update, path, value) =
+                    routeguard::frr::xpath::parse_cli_edit(s).with_context(|| format!("--northbound-edit '{s}'"))?;
+                if update {
+                    e.update.push(pb::NorthboundPathValue { path, value });
+                } else {
+                    e.delete.push(path);
+                }
+            }
+            I::Northbound(e)
         } else {
             anyhow::bail!(
                 "give --route-replace, --sysctl, --frr-cli, --link, --address-add, --tunnel, --local-route, \
-                 --nexthop-group or --frr-config"
+                 --nexthop-group, --frr-config or --northbound-edit"
             );
         };
         Ok(pb::ChangeRequest { intent: Some(intent), requester: requester() })
@@ -452,13 +468,14 @@ async fn run(config: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result
                 }
             }
         });
+        // The Guard API judges northbound edits as the proxy would.
+        let proxy = routeguard::frr::proxy::Proxy::new(nb.clone(), core.clone());
         if let Some(listen) = cfg.proxy.listen {
-            let proxy = routeguard::frr::proxy::Proxy::new(nb.clone(), core.clone());
-            routeguard::frr::proxy::serve(listen, proxy, stopped(stop_rx.clone()))
+            routeguard::frr::proxy::serve(listen, proxy.clone(), stopped(stop_rx.clone()))
                 .await
                 .with_context(|| format!("cannot listen for the northbound proxy on {listen} (key `proxy.listen`)"))?;
         }
-        Some(nb.states())
+        Some(proxy)
     } else {
         None
     };

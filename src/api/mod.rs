@@ -52,18 +52,53 @@ pub struct GuardService {
     started: Instant,
     kernel: String,
     northbound: Option<tokio::sync::watch::Receiver<crate::frr::northbound::StateMap>>,
+    /// Judges and commits northbound edits (`None` without [frr.northbound]).
+    proxy: Option<crate::frr::proxy::Proxy>,
 }
 
 impl GuardService {
     /// A service answering from `core`.
     pub fn new(core: CoreHandle, kernel: String) -> Self {
-        GuardService { core, started: Instant::now(), kernel, northbound: None }
+        GuardService { core, started: Instant::now(), kernel, northbound: None, proxy: None }
     }
 
     /// Reports the FRR northbound daemons' states in `GetStatus`.
     pub fn with_northbound(mut self, states: tokio::sync::watch::Receiver<crate::frr::northbound::StateMap>) -> Self {
         self.northbound = Some(states);
         self
+    }
+
+    /// Judges (and, with `propose`, acts on) northbound edits.
+    pub fn with_proxy(mut self, proxy: crate::frr::proxy::Proxy) -> Self {
+        self.proxy = Some(proxy);
+        self
+    }
+
+    /// `Evaluate`/`Propose` of northbound edits.
+    async fn northbound(
+        &self,
+        e: &pb::NorthboundEdit,
+        propose: bool,
+        requester: String,
+    ) -> Result<Response<pb::Decision>, Status> {
+        let Some(proxy) = &self.proxy else {
+            return Err(Status::failed_precondition(
+                "northbound edits need FRR's gRPC northbound: configure [frr.northbound] endpoints",
+            ));
+        };
+        let update = e
+            .update
+            .iter()
+            .map(|p| crate::proto::frr::PathValue { path: p.path.clone(), value: p.value.clone() })
+            .collect();
+        let delete =
+            e.delete.iter().map(|p| crate::proto::frr::PathValue { path: p.clone(), value: String::new() }).collect();
+        let j = proxy.judge(update, delete, propose, requester).await?;
+        let mut d = decision_to_pb(&j.decision);
+        d.change_id = j.change_id;
+        d.outcome = j.outcome;
+        d.message = j.message;
+        Ok(Response::new(d))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Status> {
@@ -257,9 +292,13 @@ pub fn intent_of(req: &pb::ChangeRequest) -> Result<Intent, Status> {
         Some(I::FrrConfig(_)) => {
             return Err(Status::invalid_argument("frr_config is diffed against FRR first (GuardService::intent_for)"))
         }
+        Some(I::Northbound(_)) => {
+            return Err(Status::invalid_argument("northbound edits are judged by the proxy (GuardService::northbound)"))
+        }
         None => {
             return Err(Status::invalid_argument(
-                "no change given: set one of route_replace, sysctl, frr_cli, link, address_add, tunnel, local_route",
+                "no change given: set one of route_replace, sysctl, frr_cli, link, address_add, tunnel, \
+                 local_route, nexthop_group, frr_config, northbound",
             ))
         }
     }
@@ -416,6 +455,9 @@ impl pb::guard_server::Guard for GuardService {
     }
 
     async fn evaluate(&self, req: Request<pb::ChangeRequest>) -> Result<Response<pb::Decision>, Status> {
+        if let Some(pb::change_request::Intent::Northbound(e)) = &req.get_ref().intent {
+            return self.northbound(e, false, requester_of(&req)).await;
+        }
         let intent = self.intent_for(req.get_ref()).await?;
         let diff = frr_diff_message(&intent);
         let d = self.ask(|reply| Query::Evaluate { intent, reply }).await?;
@@ -426,6 +468,9 @@ impl pb::guard_server::Guard for GuardService {
 
     async fn propose(&self, req: Request<pb::ChangeRequest>) -> Result<Response<pb::Decision>, Status> {
         let requester = requester_of(&req);
+        if let Some(pb::change_request::Intent::Northbound(e)) = &req.get_ref().intent {
+            return self.northbound(e, true, requester).await;
+        }
         let intent = self.intent_for(req.get_ref()).await?;
         let o = self
             .ask(|reply| Query::Propose { ask: ChangeAsk { intent, requester, apply_via: None, recipe: None }, reply })

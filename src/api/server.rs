@@ -74,7 +74,7 @@ pub async fn serve(
     listener: UnixListener,
     core: CoreHandle,
     kernel: String,
-    northbound: Option<tokio::sync::watch::Receiver<crate::frr::northbound::StateMap>>,
+    northbound: Option<crate::frr::proxy::Proxy>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -90,8 +90,8 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let mut service = GuardService::new(core, kernel);
-    if let Some(states) = northbound {
-        service = service.with_northbound(states);
+    if let Some(proxy) = northbound {
+        service = service.with_northbound(proxy.states()).with_proxy(proxy);
     }
     let guard = GuardServer::new(service);
 

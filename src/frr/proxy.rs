@@ -138,11 +138,13 @@ pub enum JournalEdit {
 
 /// A commit the core holds, as journaled: enough to commit it to FRR
 /// after a restart (a fresh candidate, the edits replayed, then Commit).
+/// Also what the Guard API's northbound edits are applied with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeldCommit {
     /// The daemon the edits belong to.
     pub daemon: String,
-    /// The client's candidate id (for messages).
+    /// The client's candidate id (for messages); 0 for edits proposed
+    /// through the Guard API.
     pub candidate: u32,
     /// The commit comment.
     pub comment: String,
@@ -186,26 +188,62 @@ impl From<&JournalEdit> for Edit {
 /// fails with a message naming the change's daemon: it is never applied
 /// behind FRR's back through the kernel writer.
 pub fn resumed_apply(up: Option<Upstreams>, held: HeldCommit) -> ApplyVia {
+    replay_apply(up, held, "edits replayed after a restart")
+}
+
+/// Applies `held` by replaying its edits into a fresh candidate; `how`
+/// goes into the message.
+fn replay_apply(up: Option<Upstreams>, held: HeldCommit, how: &'static str) -> ApplyVia {
     Arc::new(move |_released: bool| {
         let (up, held) = (up.clone(), held.clone());
         Box::pin(async move {
-            let HeldCommit { daemon, candidate, comment, edits } = held;
+            let what = held.what();
+            let HeldCommit { daemon, comment, edits, .. } = held;
             let Some(up) = up else {
                 return Err(format!(
-                    "cannot commit candidate {candidate} to {daemon}: no [frr.northbound] endpoints are configured \
-                     (its edits are in the journal)"
+                    "cannot commit {what} to {daemon}: no [frr.northbound] endpoints are configured (the edits are \
+                     in the journal)"
                 ));
             };
             let edits: Vec<Edit> = edits.iter().map(Edit::from).collect();
             match up.replay(&daemon, &edits, &comment).await {
-                Ok(r) => Ok(format!(
-                    "{daemon} committed candidate {candidate} (edits replayed after a restart) (transaction {})",
-                    r.transaction_id
-                )),
-                Err(e) => Err(format!("{daemon} refused the commit of candidate {candidate}: {}", reason(&e))),
+                Ok(r) => Ok(format!("{daemon} committed {what} ({how}) (transaction {})", r.transaction_id)),
+                Err(e) => Err(format!("{daemon} refused the commit of {what}: {}", reason(&e))),
             }
         })
     })
+}
+
+impl HeldCommit {
+    /// "candidate N", or what the Guard API proposed.
+    fn what(&self) -> String {
+        match self.candidate {
+            0 => "the proposed northbound edits".into(),
+            n => format!("candidate {n}"),
+        }
+    }
+}
+
+/// What the Guard API's `Evaluate`/`Propose` of northbound edits came to.
+#[derive(Debug)]
+pub struct Judged {
+    /// The decision (the worst of the routes the edits change).
+    pub decision: Decision,
+    /// Propose: the change id (0 when nothing was journaled).
+    pub change_id: u64,
+    /// Propose: applied, pending, vetoed or failed; empty for Evaluate.
+    pub outcome: String,
+    /// What was judged, or what happened.
+    pub message: String,
+}
+
+fn severity(v: &Verdict) -> u8 {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::Delay { .. } => 1,
+        Verdict::Stage { .. } => 2,
+        Verdict::Veto { .. } => 3,
+    }
 }
 
 fn not_found(id: u32) -> Status {
@@ -251,6 +289,33 @@ impl Upstreams {
     /// Calls to `nb`'s daemons.
     pub fn new(nb: Northbound) -> Upstreams {
         Upstreams { nb }
+    }
+
+    /// Has `daemon` check `edit` in a scratch candidate (EditCandidate,
+    /// then Commit VALIDATE), which is deleted again; FRR's refusal comes
+    /// back with its code.
+    async fn validate(&self, daemon: &str, edit: &Edit) -> Result<(), Status> {
+        let mut client = self.client(daemon)?;
+        let id = self
+            .call(daemon, "CreateCandidate", async {
+                client.create_candidate(pb::CreateCandidateRequest {}).await.map(|r| r.into_inner().candidate_id)
+            })
+            .await?;
+        let r = async {
+            if let Edit::Change { update, delete } = edit.clone() {
+                let req = pb::EditCandidateRequest { candidate_id: id, update, delete };
+                self.call(daemon, "EditCandidate", async { client.clone().edit_candidate(req).await }).await?;
+            }
+            match self.forward_commit(daemon, id, Phase::Validate, "").await {
+                // FRR's NB_ERR_NO_CHANGES: the edits change nothing.
+                Err(e) if e.code() == Code::Aborted => Ok(()),
+                r => r.map(drop),
+            }
+        }
+        .await;
+        let req = pb::DeleteCandidateRequest { candidate_id: id };
+        let _ = self.call(daemon, "DeleteCandidate", async { client.delete_candidate(req).await }).await;
+        r
     }
 
     fn client(&self, daemon: &str) -> Result<super::northbound::NbClient, Status> {
@@ -595,6 +660,90 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// The daemons' northbound states, for `GetStatus`.
+    pub fn states(&self) -> tokio::sync::watch::Receiver<super::northbound::StateMap> {
+        self.up.nb.states()
+    }
+
+    /// The Guard API's `Evaluate` (`propose` false) or `Propose` of FRR
+    /// northbound edits, as if a client had put them in one candidate and
+    /// committed it through the proxy: staticd route edits become route
+    /// intents the detectors judge; a proposal is journaled (with its
+    /// edits, so that a held one survives restarts) and, once allowed or
+    /// released, committed to the daemon through a fresh candidate. Edits
+    /// nothing judges are committed at once (propose) or allowed (evaluate).
+    pub async fn judge(
+        &self,
+        update: Vec<pb::PathValue>,
+        delete: Vec<pb::PathValue>,
+        propose: bool,
+        requester: String,
+    ) -> Result<Judged, Status> {
+        let paths: Vec<&str> = update.iter().chain(&delete).map(|p| p.path.as_str()).collect();
+        if paths.is_empty() {
+            return Err(Status::invalid_argument("northbound edit without update or delete paths"));
+        }
+        let daemon = self.owner_of(&paths)?;
+        let n_paths = paths.len();
+        let edit = Edit::Change { update, delete };
+        if daemon == "staticd" {
+            apply_edits(&StaticRoutes::default(), std::slice::from_ref(&edit))
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        // FRR validates the edits first, as it does a client's.
+        self.up.validate(&daemon, &edit).await?;
+        let c = Candidate { daemon: Some(daemon.clone()), upstream_id: None, edits: vec![edit], opaque: None };
+        let intents = self.intents(0, &c).await?;
+        let mut judged = Vec::new();
+        for intent in &intents {
+            let i = intent.clone();
+            let d = self
+                .core
+                .ask(|reply| Query::Evaluate { intent: i, reply })
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            judged.push((intent.clone(), d));
+        }
+        let held = HeldCommit {
+            daemon: daemon.clone(),
+            candidate: 0,
+            comment: format!("routeguard propose ({requester})"),
+            edits: c.edits.iter().map(JournalEdit::from).collect(),
+        };
+        let worst = judged.iter().max_by_key(|(_, d)| severity(&d.verdict)).cloned();
+        let Some((intent, decision)) = worst else {
+            let message = format!("{n_paths} edit(s) to {daemon}: nothing the detectors judge");
+            if !propose {
+                return Ok(Judged { decision: Decision::approved(), change_id: 0, outcome: String::new(), message });
+            }
+            let r = replay_apply(Some(self.up.clone()), held, "proposed through the Guard API")(false).await;
+            let (outcome, message) = match r {
+                Ok(m) => ("applied", format!("{message}; {m}")),
+                Err(e) => ("failed", e),
+            };
+            return Ok(Judged { decision: Decision::approved(), change_id: 0, outcome: outcome.into(), message });
+        };
+        let held_n =
+            judged.iter().filter(|(_, d)| matches!(d.verdict, Verdict::Delay { .. } | Verdict::Stage { .. })).count();
+        if !propose {
+            let message = format!("{} route(s) of {daemon} judged; the worst verdict is shown", judged.len());
+            return Ok(Judged { decision, change_id: 0, outcome: String::new(), message });
+        }
+        if held_n > 1 && !matches!(decision.verdict, Verdict::Veto { .. }) {
+            return Err(Status::failed_precondition(format!(
+                "{held_n} routes of these edits would be held; propose them one route at a time"
+            )));
+        }
+        let via = replay_apply(Some(self.up.clone()), held.clone(), "proposed through the Guard API");
+        let ask = ChangeAsk { intent, requester, apply_via: Some(via), recipe: Some(held) };
+        let o = self
+            .core
+            .ask(|reply| Query::Propose { ask, reply })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Judged { decision: o.decision, change_id: o.change_id, outcome: o.outcome.into(), message: o.message })
     }
 
     /// Dry-run judgement for VALIDATE and PREPARE: only a veto stops them.

@@ -266,9 +266,66 @@ pub fn owner(
     }
 }
 
+/// One northbound edit as the CLI takes it: `update PATH VALUE` or
+/// `delete PATH`. The path ends at the first blank outside its `[...]`
+/// predicates (whose quoted keys may hold blanks); the value is the rest.
+/// Returns (is_update, path, value).
+pub fn parse_cli_edit(s: &str) -> Result<(bool, String, String), XpathError> {
+    let bad = |reason: &str| err(s, reason);
+    let s_trim = s.trim_start();
+    let (update, rest) = if let Some(r) = s_trim.strip_prefix("update ") {
+        (true, r)
+    } else if let Some(r) = s_trim.strip_prefix("delete ") {
+        (false, r)
+    } else {
+        return Err(bad("expected `update PATH VALUE` or `delete PATH`"));
+    };
+    let rest = rest.trim_start();
+    let (mut depth, mut quote) = (0usize, None::<char>);
+    let mut end = rest.len();
+    for (i, c) in rest.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') if depth > 0 => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') => depth = depth.saturating_sub(1),
+            (None, c) if c.is_whitespace() && depth == 0 => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (path, value) = (&rest[..end], rest[end..].trim());
+    parse(path)?;
+    match (update, value.is_empty()) {
+        (false, false) => Err(bad("`delete PATH` takes no value")),
+        _ => Ok((update, path.to_string(), value.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cli_edits_split_path_and_value() {
+        let p = "/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='a b'][vrf='default']/frr-staticd:staticd/route-list[prefix='2001:db8::/32'][afi-safi='frr-routing:ipv6-unicast']/path-list[table-id='0'][distance='1']/frr-nexthops/nexthop[nh-type='ip6-ifindex'][vrf='default'][gateway='fd00:1::2'][interface='eth0']";
+        let (u, path, value) = parse_cli_edit(&format!("update {p}")).unwrap();
+        assert!(u && path == p && value.is_empty());
+        let (u, path, value) = parse_cli_edit(&format!("delete  {p}")).unwrap();
+        assert!(!u && path == p && value.is_empty());
+        let (_, path, value) =
+            parse_cli_edit("update /frr-interface:lib/interface[name='x']/description two words").unwrap();
+        assert_eq!(
+            (path.as_str(), value.as_str()),
+            ("/frr-interface:lib/interface[name='x']/description", "two words")
+        );
+        for bad in ["replace /a:b", "delete /frr-interface:lib/interface[name='x'] v", "update", "update not-a-path"] {
+            assert!(parse_cli_edit(bad).is_err(), "{bad}");
+        }
+    }
 
     const NH: &str = "/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd'][vrf='default']/frr-staticd:staticd/route-list[prefix='2001:db8:77::/64'][afi-safi='frr-routing:ipv6-unicast']/path-list[table-id='0'][distance='1']/frr-nexthops/nexthop[nh-type='ip6'][vrf='default'][gateway='fd00:1::2'][interface='nb1a']";
 
