@@ -79,6 +79,18 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_valid_one_applies() {
     std::fs::write(&cfg, "[hazards.subnet_anycast]\naction = \"stage\"\n").unwrap();
     Command::new("kill").args(["-HUP", &d.pid().to_string()]).status().unwrap();
     eventually(Duration::from_secs(5), || (verdict() == "stage").then_some(()).ok_or(d.log_text()));
+    // The route's gateway sits at the Subnet-Router anycast of rgA's /64:
+    // the remediation's fast path is armed there, and a reload that turns
+    // remediation off disarms it (nothing is undone behind the operator).
+    let reflex = || d.json(&["status"])["forwarding_reflex"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(2), || (reflex() == "armed: rgA").then_some(()).ok_or(reflex()));
+    std::fs::write(&cfg, "[hazards.subnet_anycast]\nremediate = false\n").unwrap();
+    Command::new("kill").args(["-HUP", &d.pid().to_string()]).status().unwrap();
+    eventually(Duration::from_secs(5), || (reflex() == "off").then_some(()).ok_or(reflex()));
+    ns.sysctl("net.ipv6.conf.all.forwarding=1");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ns.exec(&["sysctl", "-n", "net.ipv6.conf.rgA.forwarding"]).trim(), "1", "remediated while off");
+    assert_eq!(d.json(&["status"])["remediations"], serde_json::json!([]));
 }
 
 fn scrape(ns: &Netns, port: u16) -> String {

@@ -1059,6 +1059,7 @@ impl Core {
                     remediations: self.remediations.iter().cloned().collect(),
                     forwarding_reflex: match &self.reflex {
                         None => "off".into(),
+                        Some(_) if !self.settings.hazards.subnet_anycast.remediate => "off".into(),
                         Some(r) if !r.alive() => "stopped".into(),
                         Some(r) => {
                             let names = r.armed_names();
@@ -1150,8 +1151,12 @@ impl Core {
                 if hazards != self.settings.hazards {
                     info!(hazards = ?hazards, "hazard policies reloaded");
                 }
+                if hazards.subnet_anycast.realtime_priority != self.settings.hazards.subnet_anycast.realtime_priority {
+                    warn!("hazards.subnet_anycast.realtime_priority takes effect at the next start");
+                }
                 self.settings.hazards = hazards;
                 self.settings.vtysh = vtysh;
+                self.rearm();
                 self.publish_findings();
                 let _ = reply.send(());
             }
@@ -1518,11 +1523,12 @@ impl Core {
     }
 
     /// Tells the reflex where forwarding would create a conflict now.
+    /// With remediation turned off (a reload), it is disarmed.
     fn rearm(&self) {
-        if self.stale {
-            return;
-        }
-        if let Some(r) = &self.reflex {
+        let Some(r) = &self.reflex else { return };
+        if !self.settings.hazards.subnet_anycast.remediate {
+            r.arm(BTreeMap::new());
+        } else if !self.stale {
             r.arm(self.with_context(hazards::subnet_anycast::armed_ifaces));
         }
     }
