@@ -253,6 +253,32 @@ fn harmless_commit_lands_in_frr_and_the_kernel_and_bad_input_is_refused() {
             .ok_or("no change reported".to_string())
     });
 
+    // A member added to that route is judged with the member staticd
+    // already has (the proxy reads just that route, at its route-list
+    // entry); removing the route reads nothing and is forwarded unjudged.
+    let other = "2001:db8:88::/64";
+    let (_, r) = in_ns(&ns.name, async {
+        let mut c = client(PROXY).await;
+        commit(&mut c, &[nexthop_xpath(other, "fd00:1::4", "nbA0")]).await
+    });
+    r.expect("adding a member is allowed");
+    let log = d.log_text();
+    let judged = log.lines().filter(|l| l.contains("proposal judged") && l.contains("fd00:1::4")).collect::<Vec<_>>();
+    assert!(judged.len() == 1 && judged[0].contains("fd00:1::3"), "judged without the running member: {judged:?}");
+    let (_, r) = in_ns(&ns.name, async {
+        let mut c = client(PROXY).await;
+        let id = c.create_candidate(pb::CreateCandidateRequest {}).await?.into_inner().candidate_id;
+        let req = pb::EditCandidateRequest { candidate_id: id, update: vec![], delete: vec![pv(&route_xpath(other))] };
+        c.edit_candidate(req).await?;
+        let phase = pb::commit_request::Phase::All as i32;
+        let r = c.commit(pb::CommitRequest { candidate_id: id, phase, comment: "rm".into() }).await;
+        Ok::<_, Status>((id, r))
+    })
+    .expect("delete through the proxy");
+    r.expect("a removal is forwarded");
+    assert!(!in_ns(&ns.name, staticd_config()).contains(other), "route still in staticd");
+    assert!(d.log_text().contains("northbound proxy: commit not judged"), "the removal read staticd's config");
+
     // Bad input: clear codes, and the proxy keeps serving.
     in_ns(&ns.name, async {
         let mut c = client(PROXY).await;

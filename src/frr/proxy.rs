@@ -40,9 +40,10 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
 use super::northbound::{reason, with_timeout, Northbound};
-use super::static_routes::{changes, StaticRoutes};
+use super::static_routes::{changes, ReadPlan, RouteKey, StaticRoutes};
 use super::xpath::{self, RouteError};
 use crate::core::{ApplyVia, ChangeAsk, CoreHandle, Query};
+use crate::model::routes::normalize;
 use crate::policy::intent::Intent;
 use crate::policy::{Decision, Verdict};
 use crate::proto::frr as pb;
@@ -59,6 +60,9 @@ pub const MAX_CANDIDATES: usize = 1024;
 pub const REQUESTER: &str = "northbound proxy";
 /// Where staticd's routes live.
 const STATICD_ROOT: &str = "/frr-routing:routing";
+/// Most routes a commit's judgement reads one `Get` each; a commit that
+/// touches more reads staticd's whole configuration in one `Get` instead.
+const MAX_ROUTE_READS: usize = 8;
 
 #[derive(Clone, Debug)]
 enum Edit {
@@ -418,7 +422,11 @@ impl Proxy {
         Ok(())
     }
 
-    /// The route intents of committing `c` on staticd.
+    /// The route intents of committing `c` on staticd: the routes the
+    /// edits touch, as staticd runs them, with the edits applied. Only the
+    /// routes whose outcome depends on their running state are read (see
+    /// [`ReadPlan`]), one `Get` each, concurrently; a commit that only
+    /// removes routes (or touches none that is judged) reads nothing.
     async fn intents(&self, id: u32, c: &Candidate) -> Result<Vec<Intent>, Status> {
         if c.daemon.as_deref() != Some("staticd") {
             return Ok(Vec::new());
@@ -426,22 +434,29 @@ impl Proxy {
         if let Some(why) = &c.opaque {
             return Err(Status::failed_precondition(format!("candidate {id}: {why}")));
         }
-        let data =
-            self.up.nb.get("staticd", pb::get_request::DataType::Config, vec![STATICD_ROOT.into()]).await.map_err(
-                |e| {
-                    self.up.report("staticd", "Get", &e);
-                    Status::unavailable(format!("cannot read staticd's running configuration: {}", reason(&e)))
-                },
-            )?;
-        let mut running = StaticRoutes::default();
-        for d in &data {
-            let r = StaticRoutes::from_json(d).map_err(|e| {
-                warn!(error = %e, "northbound proxy: staticd answered garbage");
-                self.up.nb.set_state("staticd", format!("down: Get answered garbage: {e}"));
-                Status::unavailable(format!("cannot read staticd's running configuration: {e}"))
-            })?;
-            running.routes.extend(r.routes);
-        }
+        let plan = read_plan(&c.edits).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let routes: Vec<(&RouteKey, &[xpath::Step])> = plan.routes().collect();
+        // A prefix spelled otherwise than staticd stores it (upper case,
+        // host bits) might not match in a `Get`: read everything then.
+        let canonical = routes.iter().all(|(k, steps)| {
+            steps.last().and_then(|s| s.key("prefix")) == Some(normalize(k.prefix).to_string().as_str())
+        });
+        let running = if plan.needs_everything() || routes.len() > MAX_ROUTE_READS || !canonical {
+            self.read_staticd().await?
+        } else if routes.is_empty() {
+            info!(
+                candidate = id,
+                "northbound proxy: commit not judged: its edits remove routes or touch none the detectors judge"
+            );
+            StaticRoutes::default()
+        } else {
+            let reads = routes.iter().map(|(k, steps)| self.read_route(k, steps));
+            let mut running = StaticRoutes::default();
+            for r in futures::future::try_join_all(reads).await? {
+                running.routes.extend(r.routes);
+            }
+            running
+        };
         let after = apply_edits(&running, &c.edits).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut out = Vec::new();
         for ch in changes(&running, &after) {
@@ -453,6 +468,58 @@ impl Proxy {
             }
         }
         Ok(out)
+    }
+
+    /// staticd's whole running configuration.
+    async fn read_staticd(&self) -> Result<StaticRoutes, Status> {
+        let data =
+            self.up.nb.get("staticd", pb::get_request::DataType::Config, vec![STATICD_ROOT.into()]).await.map_err(
+                |e| {
+                    self.up.report("staticd", "Get", &e);
+                    Status::unavailable(format!("cannot read staticd's running configuration: {}", reason(&e)))
+                },
+            )?;
+        let mut running = StaticRoutes::default();
+        for d in &data {
+            let r = StaticRoutes::from_json(d).map_err(|e| self.garbage(e))?;
+            running.routes.extend(r.routes);
+        }
+        Ok(running)
+    }
+
+    /// One route of staticd's running configuration, read at its
+    /// `route-list` entry `steps`; none when staticd has no such entry.
+    async fn read_route(&self, key: &RouteKey, steps: &[xpath::Step]) -> Result<StaticRoutes, Status> {
+        // FRR 8.4 answers a `Get` of a list entry with the entry and every
+        // entry after it; of the entry's first member (the `prefix` key),
+        // with the entry's members: just this route.
+        let path = format!("{}/prefix", xpath::render(steps));
+        let mut route = StaticRoutes::default();
+        match self.up.nb.get("staticd", pb::get_request::DataType::Config, vec![path]).await {
+            Ok(data) => {
+                for d in &data {
+                    route.merge_route_json(d, key).map_err(|e| self.garbage(e))?;
+                }
+            }
+            // FRR 8.4: INVALID_ARGUMENT "Data path not found".
+            Err(e) if is_absent(&e) => {}
+            Err(e) => {
+                self.up.report("staticd", "Get", &e);
+                return Err(Status::unavailable(format!(
+                    "cannot read route {} from staticd's running configuration: {}",
+                    key.prefix,
+                    reason(&e)
+                )));
+            }
+        }
+        Ok(route)
+    }
+
+    /// staticd answered something that is not its configuration.
+    fn garbage(&self, e: super::static_routes::RoutesError) -> Status {
+        warn!(error = %e, "northbound proxy: staticd answered garbage");
+        self.up.nb.set_state("staticd", format!("down: Get answered garbage: {e}"));
+        Status::unavailable(format!("cannot read staticd's running configuration: {e}"))
     }
 
     /// How the core applies a judged commit: at once, the commit of the
@@ -614,6 +681,31 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Which routes of staticd's running configuration judging `edits` needs.
+fn read_plan(edits: &[Edit]) -> Result<ReadPlan, super::static_routes::RoutesError> {
+    let mut plan = ReadPlan::default();
+    for e in edits {
+        match e {
+            Edit::Change { update, delete } => {
+                // FRR applies a request's updates, then its deletes.
+                for (pv, del) in update.iter().map(|p| (p, false)).chain(delete.iter().map(|p| (p, true))) {
+                    let steps = xpath::parse(&pv.path).map_err(|e| super::static_routes::RoutesError(e.to_string()))?;
+                    plan.note(&steps, del)?;
+                }
+            }
+            Edit::Load { .. } => plan.note_load(),
+        }
+    }
+    Ok(plan)
+}
+
+/// Whether a failed `Get` of one configuration node says it does not
+/// exist (FRR 8.4: INVALID_ARGUMENT "Data path not found").
+fn is_absent(s: &Status) -> bool {
+    s.code() == Code::NotFound
+        || (s.code() == Code::InvalidArgument && s.message().to_ascii_lowercase().contains("not found"))
 }
 
 /// The routes after a candidate's edits, on top of `running`.
@@ -984,6 +1076,35 @@ mod tests {
         let held = HeldCommit { daemon: "staticd".into(), candidate: 3, comment: String::new(), edits: Vec::new() };
         let e = resumed_apply(None, held)(true).await.unwrap_err();
         assert!(e.contains("staticd") && e.contains("candidate 3") && e.contains("[frr.northbound]"), "{e}");
+    }
+
+    #[test]
+    fn only_missing_data_reads_as_no_route() {
+        assert!(is_absent(&Status::invalid_argument("Data path not found")), "FRR 8.4's answer");
+        assert!(is_absent(&Status::not_found("no such node")));
+        assert!(!is_absent(&Status::invalid_argument("Failed to fetch operational data")));
+        assert!(!is_absent(&Status::unavailable("not found")));
+        assert!(!is_absent(&Status::internal("Failed to dump data")));
+    }
+
+    #[test]
+    fn removals_read_nothing_and_loads_read_everything() {
+        let base = "/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd'][vrf='default']/frr-staticd:staticd/route-list[prefix='2001:db8::/64'][afi-safi='frr-routing:ipv6-unicast']";
+        let pv = |p: &str| pb::PathValue { path: p.into(), value: String::new() };
+        let del = Edit::Change { update: vec![], delete: vec![pv(base)] };
+        let p = read_plan(std::slice::from_ref(&del)).unwrap();
+        assert!(p.routes().next().is_none() && !p.needs_everything());
+        // In one request the delete comes after the update: still a removal.
+        let nh = format!("{base}/path-list[table-id='0'][distance='1']/frr-nexthops/nexthop[nh-type='ip6'][vrf='default'][gateway='fd00::2'][interface='x']");
+        let both = Edit::Change { update: vec![pv(&nh)], delete: vec![pv(base)] };
+        assert!(read_plan(&[both]).unwrap().routes().next().is_none());
+        let add = Edit::Change { update: vec![pv(&nh)], delete: vec![] };
+        let routes: Vec<String> = read_plan(&[del, add]).unwrap().routes().map(|(_, s)| xpath::render(s)).collect();
+        assert_eq!(routes, vec![base.to_string()]);
+        let load = Edit::Load { kind: 0, config: pb::DataTree { encoding: 0, data: "{}".into() } };
+        assert!(read_plan(&[load]).unwrap().needs_everything());
+        let bad = Edit::Change { update: vec![pv("no-slash")], delete: vec![] };
+        assert!(read_plan(&[bad]).is_err());
     }
 
     #[test]
