@@ -812,18 +812,35 @@ impl pb::northbound_server::Northbound for Proxy {
         let paths: Vec<&str> = req.path.iter().map(String::as_str).collect();
         let daemon = self.owner_of(&paths)?;
         let mut client = self.up.client(&daemon)?;
-        let responses = self
-            .up
-            .call(&daemon, "Get", async move {
-                let mut stream = client.get(req).await?.into_inner();
-                let mut out = Vec::new();
-                while let Some(r) = stream.message().await? {
-                    out.push(Ok(r));
+        // The timeout covers the whole stream, as for every upstream call.
+        let deadline = tokio::time::Instant::now() + self.up.nb.timeout();
+        let upstream =
+            self.up.call(&daemon, "Get", async move { client.get(req).await.map(Response::into_inner) }).await?;
+        // Answers pass through as they arrive; an upstream failure ends the
+        // stream with the daemon's error.
+        let up = self.up.clone();
+        let stream = futures::stream::unfold(Some(upstream), move |state| {
+            let (up, daemon) = (up.clone(), daemon.clone());
+            async move {
+                let mut upstream = state?;
+                let next = match tokio::time::timeout_at(deadline, upstream.message()).await {
+                    Ok(next) => next,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "{daemon} did not answer Get within {:?}",
+                        up.nb.timeout()
+                    ))),
+                };
+                match next {
+                    Ok(Some(r)) => Some((Ok(r), Some(upstream))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        up.report(&daemon, "Get", &e);
+                        Some((Err(upstream_err(&daemon, e)), None))
+                    }
                 }
-                Ok(out)
-            })
-            .await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(responses))))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn subscribe(&self, _req: Request<pb::SubscribeRequest>) -> Result<Response<pb::SubscribeResponse>, Status> {
@@ -1022,11 +1039,12 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     info!(%listen, daemons = ?proxy.up.nb.daemons(), "FRR northbound proxy listening");
     let svc = pb::northbound_server::NorthboundServer::new(proxy).max_decoding_message_size(MAX_REQUEST_BYTES);
+    // tonic ignores `Server::tcp_nodelay` for a listener of our own: set it
+    // on every accepted connection, or Nagle holds back small answers.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-            .await;
+        let r =
+            tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, shutdown).await;
         if let Err(e) = r {
             warn!(error = %e, "FRR northbound proxy stopped");
         }
