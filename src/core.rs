@@ -1893,11 +1893,18 @@ impl Core {
         });
     }
 
-    /// Appends to the journal (a no-op without one).
+    /// Appends to the journal and syncs it (a no-op without one).
     fn journal_append(&mut self, record: Record) -> Result<(), crate::journal::JournalError> {
+        self.journal_write(record, true)
+    }
+
+    /// Appends to the journal, synced or not (see
+    /// [`Journal::append_unsynced`]; a no-op without one).
+    fn journal_write(&mut self, record: Record, sync: bool) -> Result<(), crate::journal::JournalError> {
         let entry = crate::journal::Entry { at_ms: crate::journal::now_ms(), record };
         if let Some(j) = &mut self.journal {
-            j.append(&entry).inspect_err(|e| error!(error = %e, "journal write failed"))?;
+            let r = if sync { j.append(&entry) } else { j.append_unsynced(&entry) };
+            r.inspect_err(|e| error!(error = %e, "journal write failed"))?;
         }
         // Watchers see what is on disk (or would be, without a journal).
         let _ = self.changes_tx.send(entry);
@@ -2007,7 +2014,12 @@ impl Core {
             Ok(m) => Record::Done { change_id: id, outcome: "applied".into(), message: m.clone() },
             Err(e) => Record::Done { change_id: id, outcome: "failed".into(), message: e.clone() },
         };
-        if let Err(e) = self.journal_append(done) {
+        // A held change's outcome ends its resumption after a restart:
+        // synced. Any other change's outcome is history only (replay resumes
+        // held changes alone): written without waiting for the disk, so an
+        // allowed change costs one sync, its decision's, before it is acted on.
+        let held = self.pending.contains_key(&id);
+        if let Err(e) = self.journal_write(done, held) {
             warn!(change = id, error = %e, "outcome not journaled");
         }
         // Stages and hairpin changes touch the filters: re-read them.
