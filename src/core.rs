@@ -363,6 +363,9 @@ enum Input {
     Done {
         id: u64,
         result: Result<String, String>,
+        /// Whether the apply could have touched the hairpin reflection
+        /// filters (a hairpin change, or a reflection-filter stage).
+        touched_filters: bool,
     },
     /// FRR's BGP neighbors, or why they could not be read, and how long
     /// the poll took.
@@ -1237,7 +1240,7 @@ impl Core {
                 }
                 self.publish_findings();
             }
-            Input::Done { id, result } => self.finish_change(id, result),
+            Input::Done { id, result, touched_filters } => self.finish_change(id, result, touched_filters),
             Input::FrrPeers(r, took) => {
                 self.frr_polling = false;
                 self.settings.metrics.frr_poll_seconds.observe(took.as_secs_f64());
@@ -1876,6 +1879,8 @@ impl Core {
         let vtysh = self.settings.vtysh.clone();
         // A held (or approved) change is released; otherwise it applies at once.
         let via = self.apply_via.remove(&id).map(|v| (v, self.pending.contains_key(&id)));
+        let touched_filters =
+            matches!(intent, Intent::LinkHairpin { .. }) || matches!(staging, Some(Staging::ReflectionFilter(_)));
         tokio::spawn(async move {
             let result = apply_intent(&root, &vtysh, &intent, staging, via).await;
             match &result {
@@ -1889,7 +1894,7 @@ impl Core {
                 };
                 let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome, message });
             }
-            let _ = tx.send(Input::Done { id, result }).await;
+            let _ = tx.send(Input::Done { id, result, touched_filters }).await;
         });
     }
 
@@ -2009,7 +2014,7 @@ impl Core {
         Ok(format!("change {id} cancelled; nothing applied"))
     }
 
-    fn finish_change(&mut self, id: u64, result: Result<String, String>) {
+    fn finish_change(&mut self, id: u64, result: Result<String, String>, touched_filters: bool) {
         let done = match &result {
             Ok(m) => Record::Done { change_id: id, outcome: "applied".into(), message: m.clone() },
             Err(e) => Record::Done { change_id: id, outcome: "failed".into(), message: e.clone() },
@@ -2022,9 +2027,13 @@ impl Core {
         if let Err(e) = self.journal_write(done, held) {
             warn!(change = id, error = %e, "outcome not journaled");
         }
-        // Stages and hairpin changes touch the filters: re-read them.
-        self.hairpin_busy.clear();
-        self.spawn_hairpin_filter_read();
+        // Reflection-filter stages and hairpin changes touch the filters:
+        // re-read them. Only then: the read runs `nft`, a process spawn
+        // that other changes (every proxied commit) need not pay for.
+        if touched_filters {
+            self.hairpin_busy.clear();
+            self.spawn_hairpin_filter_read();
+        }
         self.settings.metrics.pending.set(self.pending.len().saturating_sub(1) as i64);
         if self.pending.remove(&id).is_some() {
             match result {
