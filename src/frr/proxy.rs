@@ -77,6 +77,10 @@ struct Candidate {
     edits: Vec<Edit>,
     /// Why the edits cannot be judged (an XML load), if so.
     opaque: Option<String>,
+    /// staticd routes the Commit's judgement needs, read while the
+    /// candidate was edited (see [`Proxy::prefetch`]); cleared when the
+    /// candidate is rebased (`UpdateCandidate`).
+    read: BTreeMap<RouteKey, StaticRoutes>,
 }
 
 /// A judged commit, as the core will apply it.
@@ -412,10 +416,17 @@ impl Proxy {
         }
     }
 
-    fn record(&self, id: u32, edit: Edit, opaque: Option<String>) -> Result<(), Status> {
+    fn record(
+        &self,
+        id: u32,
+        edit: Edit,
+        opaque: Option<String>,
+        read: Vec<(RouteKey, StaticRoutes)>,
+    ) -> Result<(), Status> {
         let mut st = self.lock();
         let c = st.candidates.get_mut(&id).ok_or_else(|| not_found(id))?;
         c.edits.push(edit);
+        c.read.extend(read);
         if opaque.is_some() {
             c.opaque = opaque;
         }
@@ -436,12 +447,7 @@ impl Proxy {
         }
         let plan = read_plan(&c.edits).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let routes: Vec<(&RouteKey, &[xpath::Step])> = plan.routes().collect();
-        // A prefix spelled otherwise than staticd stores it (upper case,
-        // host bits) might not match in a `Get`: read everything then.
-        let canonical = routes.iter().all(|(k, steps)| {
-            steps.last().and_then(|s| s.key("prefix")) == Some(normalize(k.prefix).to_string().as_str())
-        });
-        let running = if plan.needs_everything() || routes.len() > MAX_ROUTE_READS || !canonical {
+        let running = if plan.needs_everything() || routes.len() > MAX_ROUTE_READS || !canonical(&routes) {
             self.read_staticd().await?
         } else if routes.is_empty() {
             info!(
@@ -450,7 +456,12 @@ impl Proxy {
             );
             StaticRoutes::default()
         } else {
-            let reads = routes.iter().map(|(k, steps)| self.read_route(k, steps));
+            let reads = routes.iter().map(|(k, steps)| async move {
+                match c.read.get(*k) {
+                    Some(r) => Ok(r.clone()),
+                    None => self.read_route(k, steps).await,
+                }
+            });
             let mut running = StaticRoutes::default();
             for r in futures::future::try_join_all(reads).await? {
                 running.routes.extend(r.routes);
@@ -468,6 +479,29 @@ impl Proxy {
             }
         }
         Ok(out)
+    }
+
+    /// Reads, for a Commit to come, the routes its judgement will need
+    /// after `edit` (on top of candidate `id`'s edits so far) that were not
+    /// read yet; run alongside the forwarded edit, so the Commit finds
+    /// them read. FRR commits a candidate as it was created (running then)
+    /// plus its edits, so running as read while the candidate is edited is
+    /// what the commit installs, not less than running at Commit time.
+    /// Best effort: a failed read is left to the Commit.
+    async fn prefetch(&self, id: u32, edit: &Edit) -> Vec<(RouteKey, StaticRoutes)> {
+        let Ok(c) = self.candidate(id) else { return Vec::new() };
+        let mut edits = c.edits.clone();
+        edits.push(edit.clone());
+        let Ok(plan) = read_plan(&edits) else { return Vec::new() };
+        let routes: Vec<(&RouteKey, &[xpath::Step])> = plan.routes().collect();
+        if plan.needs_everything() || routes.len() > MAX_ROUTE_READS || !canonical(&routes) {
+            return Vec::new();
+        }
+        let reads = routes
+            .iter()
+            .filter(|(k, _)| !c.read.contains_key(*k))
+            .map(|(k, steps)| async move { self.read_route(k, steps).await.ok().map(|r| ((*k).clone(), r)) });
+        futures::future::join_all(reads).await.into_iter().flatten().collect()
     }
 
     /// staticd's whole running configuration.
@@ -701,6 +735,14 @@ fn read_plan(edits: &[Edit]) -> Result<ReadPlan, super::static_routes::RoutesErr
     Ok(plan)
 }
 
+/// Whether every route's prefix is spelled as staticd stores it; one
+/// spelled otherwise (upper case, host bits) might not match in a `Get`.
+fn canonical(routes: &[(&RouteKey, &[xpath::Step])]) -> bool {
+    routes
+        .iter()
+        .all(|(k, steps)| steps.last().and_then(|s| s.key("prefix")) == Some(normalize(k.prefix).to_string().as_str()))
+}
+
 /// Whether a failed `Get` of one configuration node says it does not
 /// exist (FRR 8.4: INVALID_ARGUMENT "Data path not found").
 fn is_absent(s: &Status) -> bool {
@@ -894,6 +936,10 @@ impl pb::northbound_server::Northbound for Proxy {
             let r = pb::UpdateCandidateRequest { candidate_id: u };
             self.up.call(&d, "UpdateCandidate", async { client.update_candidate(r).await }).await?;
         }
+        // Rebased on running as it is now: what was read before is stale.
+        if let Some(c) = self.lock().candidates.get_mut(&id) {
+            c.read.clear();
+        }
         Ok(Response::new(pb::UpdateCandidateResponse {}))
     }
 
@@ -918,8 +964,18 @@ impl pb::northbound_server::Northbound for Proxy {
         let mut client = self.up.client(&daemon)?;
         let fwd =
             pb::EditCandidateRequest { candidate_id: upstream, update: req.update.clone(), delete: req.delete.clone() };
-        self.up.call(&daemon, "EditCandidate", async { client.edit_candidate(fwd).await }).await?;
-        self.record(id, Edit::Change { update: req.update, delete: req.delete }, None)?;
+        let edit = Edit::Change { update: req.update, delete: req.delete };
+        let prefetch = async {
+            if daemon == "staticd" {
+                self.prefetch(id, &edit).await
+            } else {
+                Vec::new()
+            }
+        };
+        let (forwarded, read) =
+            tokio::join!(self.up.call(&daemon, "EditCandidate", async { client.edit_candidate(fwd).await }), prefetch);
+        forwarded?;
+        self.record(id, edit, None, read)?;
         Ok(Response::new(pb::EditCandidateResponse {}))
     }
 
@@ -952,7 +1008,7 @@ impl pb::northbound_server::Northbound for Proxy {
         let fwd =
             pb::LoadToCandidateRequest { candidate_id: upstream, r#type: kind as i32, config: Some(config.clone()) };
         self.up.call(&daemon, "LoadToCandidate", async { client.load_to_candidate(fwd).await }).await?;
-        self.record(id, Edit::Load { kind: kind as i32, config }, opaque)?;
+        self.record(id, Edit::Load { kind: kind as i32, config }, opaque, Vec::new())?;
         Ok(Response::new(pb::LoadToCandidateResponse {}))
     }
 
@@ -1103,6 +1159,23 @@ mod tests {
         assert!(!is_absent(&Status::invalid_argument("Failed to fetch operational data")));
         assert!(!is_absent(&Status::unavailable("not found")));
         assert!(!is_absent(&Status::internal("Failed to dump data")));
+    }
+
+    #[test]
+    fn routes_are_read_one_by_one_only_when_spelled_as_staticd_stores_them() {
+        let base = "/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd'][vrf='default']/frr-staticd:staticd";
+        let check = |prefix: &str| {
+            let path = format!("{base}/route-list[prefix='{prefix}'][afi-safi='frr-routing:ipv6-unicast']/path-list[table-id='0'][distance='1']");
+            let edit = Edit::Change { update: vec![pb::PathValue { path, value: String::new() }], delete: vec![] };
+            let plan = read_plan(&[edit]).unwrap();
+            let routes: Vec<_> = plan.routes().collect();
+            assert_eq!(routes.len(), 1);
+            canonical(&routes)
+        };
+        assert!(check("2001:db8:77::/64"));
+        assert!(!check("2001:DB8:77::/64"), "upper case");
+        assert!(!check("2001:db8:77::1/64"), "host bits");
+        assert!(!check("2001:db8:0077::/64"), "leading zeros");
     }
 
     #[test]
