@@ -12,9 +12,12 @@
 //! first edit belongs to (one daemon per candidate; FRR's candidates are
 //! per daemon too), mirrored by a candidate on that daemon so FRR validates
 //! every edit when it is made, and every edit is recorded. At `Commit`
-//! staticd route edits become route-replace intents: staticd's running
-//! configuration (`Get`) plus the candidate's edits give the resulting
-//! member set of every prefix they touch. The core judges them:
+//! staticd route edits become route-replace intents: the touched routes as
+//! staticd runs them plus the candidate's edits give the resulting member
+//! set of every prefix they touch. Only the routes whose outcome depends
+//! on their running state are read (`Get` of each `route-list` entry),
+//! while the candidate is edited, alongside the forwarded edit; removals
+//! read nothing. The core judges them:
 //! - allow: the commit is forwarded and FRR's answer returned;
 //! - veto: `FAILED_PRECONDITION` with the reasons and fixes; nothing is
 //!   forwarded;
