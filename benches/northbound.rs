@@ -480,8 +480,9 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
     track(|c| c.frr.retain(|n| n != ns));
     let segments = commit_segments(&dir.join("proxy.log"), WARMUP + 2)?;
 
-    // Journal fsync cost on the state directory's filesystem: part of every
-    // judged commit (a decision record is fsynced before anything is done).
+    // Journal sync cost on the state directory's filesystem: part of every
+    // judged commit (a decision record is synced, with fdatasync as the
+    // journal does, before anything is done).
     let fsync = {
         let path = dir.join("fsync-probe");
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
@@ -489,7 +490,7 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
         for _ in 0..200 {
             let t = Instant::now();
             f.write_all(b"{\"record\":\"decision\",\"padding\":\"............................................\"}\n")?;
-            f.sync_all()?;
+            f.sync_data()?;
             v.push(ms(t.elapsed()));
         }
         let _ = std::fs::remove_file(&path);
@@ -523,7 +524,7 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
     }
     println!(
         "northbound: 1. Get answer {} bytes; daemon verdicts allow {allow} (adds through the proxy incl. warm-up: {}), \
-         other {other}; daemon CPU {cpu:.2} s over {wall:.1} s; journal write+fsync on the state dir {} (load {load_end})",
+         other {other}; daemon CPU {cpu:.2} s over {wall:.1} s; journal write+fdatasync on the state dir {} (load {load_end})",
         proxy.get_bytes,
         proxy.commit_add.len() + WARMUP / 2 + 1,
         fsync.line("ms"),
@@ -553,8 +554,9 @@ fn tod(v: &Value) -> Option<f64> {
 /// * add: received -> "proposal judged" (staticd `Get`, intents, the core's
 ///   detectors and policy) -> "change applied" (journal fsync, spawn, the
 ///   forwarded `Commit`) -> "commit answered";
-/// * delete: received -> "route change not judged" (staticd `Get`) ->
-///   "commit answered" (the forwarded `Commit`).
+/// * delete: received -> "route change not judged" (staticd `Get`; since
+///   3ebacda "commit not judged", nothing read) -> "commit answered" (the
+///   forwarded `Commit`).
 fn commit_segments(log: &Path, skip: usize) -> Result<Value> {
     let text = std::fs::read_to_string(log).with_context(|| format!("read {}", log.display()))?;
     let mut seg: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -567,7 +569,9 @@ fn commit_segments(log: &Path, skip: usize) -> Result<Value> {
             "northbound proxy: commit" => cur = Some((t, Vec::new())),
             "proposal judged" => cur.iter_mut().for_each(|c| c.1.push(("judged", t))),
             "change applied" => cur.iter_mut().for_each(|c| c.1.push(("applied", t))),
-            m if m.starts_with("northbound proxy: route change not judged") => {
+            m if m.starts_with("northbound proxy: route change not judged")
+                || m.starts_with("northbound proxy: commit not judged") =>
+            {
                 cur.iter_mut().for_each(|c| c.1.push(("not_judged", t)))
             }
             "northbound proxy: commit answered" => {
@@ -586,8 +590,8 @@ fn commit_segments(log: &Path, skip: usize) -> Result<Value> {
                         seg.entry("add: received -> answered").or_default().push(ms(t0, t));
                     }
                     (_, _, Some(g)) => {
-                        seg.entry("delete: received -> Get done").or_default().push(ms(t0, g));
-                        seg.entry("delete: Get done -> answered (forwarded Commit)").or_default().push(ms(g, t));
+                        seg.entry("delete: received -> read done (none since 3ebacda)").or_default().push(ms(t0, g));
+                        seg.entry("delete: read done -> answered (forwarded Commit)").or_default().push(ms(g, t));
                         seg.entry("delete: received -> answered").or_default().push(ms(t0, t));
                     }
                     _ => {}

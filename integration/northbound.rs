@@ -275,6 +275,58 @@ fn harmless_commit_lands_in_frr_and_the_kernel_and_bad_input_is_refused() {
         }
     });
 
+    // A member added to that route is judged with the member staticd
+    // already has (the proxy reads just that route, at its route-list
+    // entry); removing the route reads nothing and is forwarded unjudged.
+    let other = "2001:db8:88::/64";
+    let (_, r) = in_ns(&ns.name, async {
+        let mut c = client(PROXY).await;
+        commit(&mut c, &[nexthop_xpath(other, "fd00:1::4", "nbA0")]).await
+    });
+    r.expect("adding a member is allowed");
+    let log = d.log_text();
+    let judged = log.lines().filter(|l| l.contains("proposal judged") && l.contains("fd00:1::4")).collect::<Vec<_>>();
+    assert!(judged.len() == 1 && judged[0].contains("fd00:1::3"), "judged without the running member: {judged:?}");
+    let (_, r) = in_ns(&ns.name, async {
+        let mut c = client(PROXY).await;
+        let id = c.create_candidate(pb::CreateCandidateRequest {}).await?.into_inner().candidate_id;
+        let req = pb::EditCandidateRequest { candidate_id: id, update: vec![], delete: vec![pv(&route_xpath(other))] };
+        c.edit_candidate(req).await?;
+        let phase = pb::commit_request::Phase::All as i32;
+        let r = c.commit(pb::CommitRequest { candidate_id: id, phase, comment: "rm".into() }).await;
+        Ok::<_, Status>((id, r))
+    })
+    .expect("delete through the proxy");
+    r.expect("a removal is forwarded");
+    assert!(!in_ns(&ns.name, staticd_config()).contains(other), "route still in staticd");
+    assert!(d.log_text().contains("northbound proxy: commit not judged"), "the removal read staticd's config");
+
+    // FRR commits a candidate as it was created plus its edits: a member
+    // removed elsewhere (vtysh) after the edit comes back with the commit.
+    // The proxy reads the route while the candidate is edited, so it
+    // judges the member set FRR installs, the removed member included.
+    let third = "2001:db8:99::/64";
+    frr.vtysh(&["configure terminal", "ipv6 route 2001:db8:99::/64 fd00:1::5 nbA0"]);
+    let id = in_ns(&ns.name, async {
+        let mut c = client(PROXY).await;
+        let id = c.create_candidate(pb::CreateCandidateRequest {}).await.expect("create").into_inner().candidate_id;
+        let update = vec![pv(&nexthop_xpath(third, "fd00:1::6", "nbA0"))];
+        c.edit_candidate(pb::EditCandidateRequest { candidate_id: id, update, delete: vec![] }).await.expect("edit");
+        id
+    });
+    frr.vtysh(&["configure terminal", "no ipv6 route 2001:db8:99::/64 fd00:1::5 nbA0"]);
+    assert!(!in_ns(&ns.name, staticd_config()).contains("fd00:1::5"), "vtysh did not remove the member");
+    in_ns(&ns.name, async {
+        let mut c = client(PROXY).await;
+        let phase = pb::commit_request::Phase::All as i32;
+        c.commit(pb::CommitRequest { candidate_id: id, phase, comment: "add".into() }).await.expect("allowed");
+    });
+    let cfg = in_ns(&ns.name, staticd_config());
+    assert!(cfg.contains("fd00:1::5") && cfg.contains("fd00:1::6"), "FRR committed the candidate as created: {cfg}");
+    let log = d.log_text();
+    let judged = log.lines().filter(|l| l.contains("proposal judged") && l.contains("fd00:1::6")).collect::<Vec<_>>();
+    assert!(judged.len() == 1 && judged[0].contains("fd00:1::5"), "judged another member set: {judged:?}");
+
     // Bad input: clear codes, and the proxy keeps serving.
     in_ns(&ns.name, async {
         let mut c = client(PROXY).await;

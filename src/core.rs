@@ -373,6 +373,9 @@ enum Input {
     Done {
         id: u64,
         result: Result<String, String>,
+        /// Whether the apply could have touched the hairpin reflection
+        /// filters (a hairpin change, or a reflection-filter stage).
+        touched_filters: bool,
     },
     /// FRR's BGP neighbors, or why they could not be read, and how long
     /// the poll took.
@@ -1308,7 +1311,7 @@ impl Core {
                 }
                 self.publish_findings();
             }
-            Input::Done { id, result } => self.finish_change(id, result),
+            Input::Done { id, result, touched_filters } => self.finish_change(id, result, touched_filters),
             Input::FrrPeers(r, took) => {
                 self.frr_polling = false;
                 self.settings.metrics.frr_poll_seconds.observe(took.as_secs_f64());
@@ -1965,6 +1968,8 @@ impl Core {
         let vtysh = self.settings.vtysh.clone();
         // A held (or approved) change is released; otherwise it applies at once.
         let via = self.apply_via.remove(&id).map(|v| (v, self.pending.contains_key(&id)));
+        let touched_filters =
+            matches!(intent, Intent::LinkHairpin { .. }) || matches!(staging, Some(Staging::ReflectionFilter(_)));
         tokio::spawn(async move {
             let result = apply_intent(&root, &vtysh, &intent, staging, via).await;
             match &result {
@@ -1978,15 +1983,22 @@ impl Core {
                 };
                 let _ = reply.send(ProposeOutcome { decision, change_id: id, outcome, message });
             }
-            let _ = tx.send(Input::Done { id, result }).await;
+            let _ = tx.send(Input::Done { id, result, touched_filters }).await;
         });
     }
 
-    /// Appends to the journal (a no-op without one).
+    /// Appends to the journal and syncs it (a no-op without one).
     fn journal_append(&mut self, record: Record) -> Result<(), crate::journal::JournalError> {
+        self.journal_write(record, true)
+    }
+
+    /// Appends to the journal, synced or not (see
+    /// [`Journal::append_unsynced`]; a no-op without one).
+    fn journal_write(&mut self, record: Record, sync: bool) -> Result<(), crate::journal::JournalError> {
         let entry = crate::journal::Entry { at_ms: crate::journal::now_ms(), record };
         if let Some(j) = &mut self.journal {
-            j.append(&entry).inspect_err(|e| error!(error = %e, "journal write failed"))?;
+            let r = if sync { j.append(&entry) } else { j.append_unsynced(&entry) };
+            r.inspect_err(|e| error!(error = %e, "journal write failed"))?;
         }
         // Watchers see what is on disk (or would be, without a journal).
         let _ = self.changes_tx.send(entry);
@@ -2091,17 +2103,26 @@ impl Core {
         Ok(format!("change {id} cancelled; nothing applied"))
     }
 
-    fn finish_change(&mut self, id: u64, result: Result<String, String>) {
+    fn finish_change(&mut self, id: u64, result: Result<String, String>, touched_filters: bool) {
         let done = match &result {
             Ok(m) => Record::Done { change_id: id, outcome: "applied".into(), message: m.clone() },
             Err(e) => Record::Done { change_id: id, outcome: "failed".into(), message: e.clone() },
         };
-        if let Err(e) = self.journal_append(done) {
+        // A held change's outcome ends its resumption after a restart:
+        // synced. Any other change's outcome is history only (replay resumes
+        // held changes alone): written without waiting for the disk, so an
+        // allowed change costs one sync, its decision's, before it is acted on.
+        let held = self.pending.contains_key(&id);
+        if let Err(e) = self.journal_write(done, held) {
             warn!(change = id, error = %e, "outcome not journaled");
         }
-        // Stages and hairpin changes touch the filters: re-read them.
-        self.hairpin_busy.clear();
-        self.spawn_hairpin_filter_read();
+        // Reflection-filter stages and hairpin changes touch the filters:
+        // re-read them. Only then: the read runs `nft`, a process spawn
+        // that other changes (every proxied commit) need not pay for.
+        if touched_filters {
+            self.hairpin_busy.clear();
+            self.spawn_hairpin_filter_read();
+        }
         self.settings.metrics.pending.set(self.pending.len().saturating_sub(1) as i64);
         if self.pending.remove(&id).is_some() {
             match result {

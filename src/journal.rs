@@ -1,6 +1,10 @@
 //! The change journal: every decision, held change, staged step, approval
 //! and cancel, appended to `<state_dir>/journal.jsonl` (one JSON object a
-//! line, fsynced) *before* the action it describes is taken.
+//! line, synced with `fdatasync`) *before* the action it describes is
+//! taken. Outcomes (`done`) of held changes are synced too; the outcome of
+//! a change that was never held is history only and is written without
+//! waiting for the disk ([`Journal::append_unsynced`]), so an allowed
+//! change costs one sync.
 //!
 //! On start the core replays it ([`Journal::open`] → [`Replay`]): changes
 //! that were held (or whose apply had begun) and never finished resume
@@ -242,6 +246,7 @@ pub struct Journal {
     size: u64,
     /// Rotate past this.
     max_bytes: u64,
+    syncs: u64,
 }
 
 impl Journal {
@@ -266,25 +271,54 @@ impl Journal {
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
-        Ok((Journal { path, file, size, max_bytes }, replay))
+        Ok((Journal { path, file, size, max_bytes, syncs: 0 }, replay))
     }
 
     /// Appends one entry and syncs it to disk before returning; rotates
     /// the file once it is past its size (a failed rotation is logged and
     /// retried at the next append: the entry itself is written).
     pub fn append(&mut self, entry: &Entry) -> Result<(), JournalError> {
+        self.write(entry)?;
+        self.syncs += 1;
+        self.file.sync_data().map_err(|source| JournalError::Io { path: self.path.clone(), source })?;
+        self.rotate_if_full();
+        Ok(())
+    }
+
+    /// Appends one entry without waiting for the disk: for a record that
+    /// nothing is decided on after a restart (the outcome of a change that
+    /// was never held; replay only resumes held changes). It survives a
+    /// crash of the guard at once (it is in the page cache) and a crash of
+    /// the machine once the next [`Journal::append`] returns (syncing the
+    /// file flushes all of it) or the kernel has written it back.
+    pub fn append_unsynced(&mut self, entry: &Entry) -> Result<(), JournalError> {
+        self.write(entry)?;
+        self.rotate_if_full();
+        Ok(())
+    }
+
+    fn write(&mut self, entry: &Entry) -> Result<(), JournalError> {
         let mut line = serde_json::to_string(entry).expect("journal records serialize");
         line.push('\n');
-        let io = |source| JournalError::Io { path: self.path.clone(), source };
-        self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        // One write(2) per line: a crash leaves at most a torn last line.
+        self.file.write_all(line.as_bytes()).map_err(|source| JournalError::Io { path: self.path.clone(), source })?;
         self.size += line.len() as u64;
+        Ok(())
+    }
+
+    /// Syncs done since the journal was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// Rotates once past the size (a failure is logged; the next append
+    /// tries again: the entry itself is written).
+    fn rotate_if_full(&mut self) {
         if self.size > self.max_bytes {
             if let Err(e) = self.rotate() {
                 warn!(path = %self.path.display(), error = %e, "journal rotation failed; the journal keeps growing");
             }
         }
-        Ok(())
     }
 
     /// Rotates now (see the module docs).
@@ -663,9 +697,13 @@ mod tests {
         j.append(&Entry { at_ms: now_ms(), record: held(1, now_ms() + 60_000) }).unwrap();
         let approve = Record::Approve { change_id: 1, who: "alice".into(), reason: "maintenance window".into() };
         j.append(&Entry { at_ms: now_ms(), record: approve }).unwrap();
+        assert_eq!(j.syncs(), 2);
+        let done = Record::Done { change_id: 2, outcome: "applied".into(), message: String::new() };
+        j.append_unsynced(&Entry { at_ms: now_ms(), record: done }).unwrap();
+        assert_eq!(j.syncs(), 2, "an unsynced append does not sync");
         drop(j);
         let (_, r) = Journal::open(dir.path()).unwrap();
-        assert_eq!(r.records, 2);
+        assert_eq!(r.records, 3);
         assert!(r.resume.contains_key(&1));
         assert!(r.resume[&1].remaining > Duration::from_secs(50));
         let all = read_entries(&dir.path().join(FILE)).unwrap();

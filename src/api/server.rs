@@ -113,12 +113,11 @@ pub async fn serve(
             .map_err(|source| ServeError::Bind { path: addr.to_string(), source })?;
         info!(%addr, mtls = tls.client_ca.is_some(), "gRPC API listening on TCP with TLS");
         let mut stop = stop_tx.subscribe();
-        tcp_task = Some(tokio::spawn(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = stop.recv().await;
-            },
-        )));
+        // tonic ignores `tcp_nodelay` for a listener of our own: set it here.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tcp_task = Some(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.recv().await;
+        })));
     }
     info!(socket = %cfg.socket.display(), "gRPC API listening on unix socket");
     let result = Server::builder()

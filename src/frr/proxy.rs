@@ -12,9 +12,12 @@
 //! first edit belongs to (one daemon per candidate; FRR's candidates are
 //! per daemon too), mirrored by a candidate on that daemon so FRR validates
 //! every edit when it is made, and every edit is recorded. At `Commit`
-//! staticd route edits become route-replace intents: staticd's running
-//! configuration (`Get`) plus the candidate's edits give the resulting
-//! member set of every prefix they touch. The core judges them:
+//! staticd route edits become route-replace intents: the touched routes as
+//! staticd runs them plus the candidate's edits give the resulting member
+//! set of every prefix they touch. Only the routes whose outcome depends
+//! on their running state are read (`Get` of each `route-list` entry),
+//! while the candidate is edited, alongside the forwarded edit; removals
+//! read nothing. The core judges them:
 //! - allow: the commit is forwarded and FRR's answer returned;
 //! - veto: `FAILED_PRECONDITION` with the reasons and fixes; nothing is
 //!   forwarded;
@@ -40,9 +43,10 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
 use super::northbound::{reason, with_timeout, Northbound};
-use super::static_routes::{changes, StaticRoutes};
+use super::static_routes::{changes, ReadPlan, RouteKey, StaticRoutes};
 use super::xpath::{self, RouteError};
 use crate::core::{ApplyVia, ChangeAsk, CoreHandle, Query};
+use crate::model::routes::normalize;
 use crate::policy::intent::Intent;
 use crate::policy::{Decision, Verdict};
 use crate::proto::frr as pb;
@@ -59,6 +63,9 @@ pub const MAX_CANDIDATES: usize = 1024;
 pub const REQUESTER: &str = "northbound proxy";
 /// Where staticd's routes live.
 const STATICD_ROOT: &str = "/frr-routing:routing";
+/// Most routes a commit's judgement reads one `Get` each; a commit that
+/// touches more reads staticd's whole configuration in one `Get` instead.
+const MAX_ROUTE_READS: usize = 8;
 
 #[derive(Clone, Debug)]
 enum Edit {
@@ -73,6 +80,10 @@ struct Candidate {
     edits: Vec<Edit>,
     /// Why the edits cannot be judged (an XML load), if so.
     opaque: Option<String>,
+    /// staticd routes the Commit's judgement needs, read while the
+    /// candidate was edited (see [`Proxy::prefetch`]); cleared when the
+    /// candidate is rebased (`UpdateCandidate`).
+    read: BTreeMap<RouteKey, StaticRoutes>,
 }
 
 /// A judged commit, as the core will apply it.
@@ -473,17 +484,28 @@ impl Proxy {
         }
     }
 
-    fn record(&self, id: u32, edit: Edit, opaque: Option<String>) -> Result<(), Status> {
+    fn record(
+        &self,
+        id: u32,
+        edit: Edit,
+        opaque: Option<String>,
+        read: Vec<(RouteKey, StaticRoutes)>,
+    ) -> Result<(), Status> {
         let mut st = self.lock();
         let c = st.candidates.get_mut(&id).ok_or_else(|| not_found(id))?;
         c.edits.push(edit);
+        c.read.extend(read);
         if opaque.is_some() {
             c.opaque = opaque;
         }
         Ok(())
     }
 
-    /// The route intents of committing `c` on staticd.
+    /// The route intents of committing `c` on staticd: the routes the
+    /// edits touch, as staticd runs them, with the edits applied. Only the
+    /// routes whose outcome depends on their running state are read (see
+    /// [`ReadPlan`]), one `Get` each, concurrently; a commit that only
+    /// removes routes (or touches none that is judged) reads nothing.
     async fn intents(&self, id: u32, c: &Candidate) -> Result<Vec<Intent>, Status> {
         if c.daemon.as_deref() != Some("staticd") {
             return Ok(Vec::new());
@@ -491,22 +513,29 @@ impl Proxy {
         if let Some(why) = &c.opaque {
             return Err(Status::failed_precondition(format!("candidate {id}: {why}")));
         }
-        let data =
-            self.up.nb.get("staticd", pb::get_request::DataType::Config, vec![STATICD_ROOT.into()]).await.map_err(
-                |e| {
-                    self.up.report("staticd", "Get", &e);
-                    Status::unavailable(format!("cannot read staticd's running configuration: {}", reason(&e)))
-                },
-            )?;
-        let mut running = StaticRoutes::default();
-        for d in &data {
-            let r = StaticRoutes::from_json(d).map_err(|e| {
-                warn!(error = %e, "northbound proxy: staticd answered garbage");
-                self.up.nb.set_state("staticd", format!("down: Get answered garbage: {e}"));
-                Status::unavailable(format!("cannot read staticd's running configuration: {e}"))
-            })?;
-            running.routes.extend(r.routes);
-        }
+        let plan = read_plan(&c.edits).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let routes: Vec<(&RouteKey, &[xpath::Step])> = plan.routes().collect();
+        let running = if plan.needs_everything() || routes.len() > MAX_ROUTE_READS || !canonical(&routes) {
+            self.read_staticd().await?
+        } else if routes.is_empty() {
+            info!(
+                candidate = id,
+                "northbound proxy: commit not judged: its edits remove routes or touch none the detectors judge"
+            );
+            StaticRoutes::default()
+        } else {
+            let reads = routes.iter().map(|(k, steps)| async move {
+                match c.read.get(*k) {
+                    Some(r) => Ok(r.clone()),
+                    None => self.read_route(k, steps).await,
+                }
+            });
+            let mut running = StaticRoutes::default();
+            for r in futures::future::try_join_all(reads).await? {
+                running.routes.extend(r.routes);
+            }
+            running
+        };
         let after = apply_edits(&running, &c.edits).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut out = Vec::new();
         for ch in changes(&running, &after) {
@@ -518,6 +547,81 @@ impl Proxy {
             }
         }
         Ok(out)
+    }
+
+    /// Reads, for a Commit to come, the routes its judgement will need
+    /// after `edit` (on top of candidate `id`'s edits so far) that were not
+    /// read yet; run alongside the forwarded edit, so the Commit finds
+    /// them read. FRR commits a candidate as it was created (running then)
+    /// plus its edits, so running as read while the candidate is edited is
+    /// what the commit installs, not less than running at Commit time.
+    /// Best effort: a failed read is left to the Commit.
+    async fn prefetch(&self, id: u32, edit: &Edit) -> Vec<(RouteKey, StaticRoutes)> {
+        let Ok(c) = self.candidate(id) else { return Vec::new() };
+        let mut edits = c.edits.clone();
+        edits.push(edit.clone());
+        let Ok(plan) = read_plan(&edits) else { return Vec::new() };
+        let routes: Vec<(&RouteKey, &[xpath::Step])> = plan.routes().collect();
+        if plan.needs_everything() || routes.len() > MAX_ROUTE_READS || !canonical(&routes) {
+            return Vec::new();
+        }
+        let reads = routes
+            .iter()
+            .filter(|(k, _)| !c.read.contains_key(*k))
+            .map(|(k, steps)| async move { self.read_route(k, steps).await.ok().map(|r| ((*k).clone(), r)) });
+        futures::future::join_all(reads).await.into_iter().flatten().collect()
+    }
+
+    /// staticd's whole running configuration.
+    async fn read_staticd(&self) -> Result<StaticRoutes, Status> {
+        let data =
+            self.up.nb.get("staticd", pb::get_request::DataType::Config, vec![STATICD_ROOT.into()]).await.map_err(
+                |e| {
+                    self.up.report("staticd", "Get", &e);
+                    Status::unavailable(format!("cannot read staticd's running configuration: {}", reason(&e)))
+                },
+            )?;
+        let mut running = StaticRoutes::default();
+        for d in &data {
+            let r = StaticRoutes::from_json(d).map_err(|e| self.garbage(e))?;
+            running.routes.extend(r.routes);
+        }
+        Ok(running)
+    }
+
+    /// One route of staticd's running configuration, read at its
+    /// `route-list` entry `steps`; none when staticd has no such entry.
+    async fn read_route(&self, key: &RouteKey, steps: &[xpath::Step]) -> Result<StaticRoutes, Status> {
+        // FRR 8.4 answers a `Get` of a list entry with the entry and every
+        // entry after it; of the entry's first member (the `prefix` key),
+        // with the entry's members: just this route.
+        let path = format!("{}/prefix", xpath::render(steps));
+        let mut route = StaticRoutes::default();
+        match self.up.nb.get("staticd", pb::get_request::DataType::Config, vec![path]).await {
+            Ok(data) => {
+                for d in &data {
+                    route.merge_route_json(d, key).map_err(|e| self.garbage(e))?;
+                }
+            }
+            // FRR 8.4: INVALID_ARGUMENT "Data path not found".
+            Err(e) if is_absent(&e) => {}
+            Err(e) => {
+                self.up.report("staticd", "Get", &e);
+                return Err(Status::unavailable(format!(
+                    "cannot read route {} from staticd's running configuration: {}",
+                    key.prefix,
+                    reason(&e)
+                )));
+            }
+        }
+        Ok(route)
+    }
+
+    /// staticd answered something that is not its configuration.
+    fn garbage(&self, e: super::static_routes::RoutesError) -> Status {
+        warn!(error = %e, "northbound proxy: staticd answered garbage");
+        self.up.nb.set_state("staticd", format!("down: Get answered garbage: {e}"));
+        Status::unavailable(format!("cannot read staticd's running configuration: {e}"))
     }
 
     /// How the core applies a judged commit: at once, the commit of the
@@ -694,7 +798,13 @@ impl Proxy {
         }
         // FRR validates the edits first, as it does a client's.
         self.up.validate(&daemon, &edit).await?;
-        let c = Candidate { daemon: Some(daemon.clone()), upstream_id: None, edits: vec![edit], opaque: None };
+        let c = Candidate {
+            daemon: Some(daemon.clone()),
+            upstream_id: None,
+            edits: vec![edit],
+            opaque: None,
+            read: BTreeMap::new(),
+        };
         let intents = self.intents(0, &c).await?;
         let mut judged = Vec::new();
         for intent in &intents {
@@ -763,6 +873,39 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Which routes of staticd's running configuration judging `edits` needs.
+fn read_plan(edits: &[Edit]) -> Result<ReadPlan, super::static_routes::RoutesError> {
+    let mut plan = ReadPlan::default();
+    for e in edits {
+        match e {
+            Edit::Change { update, delete } => {
+                // FRR applies a request's updates, then its deletes.
+                for (pv, del) in update.iter().map(|p| (p, false)).chain(delete.iter().map(|p| (p, true))) {
+                    let steps = xpath::parse(&pv.path).map_err(|e| super::static_routes::RoutesError(e.to_string()))?;
+                    plan.note(&steps, del)?;
+                }
+            }
+            Edit::Load { .. } => plan.note_load(),
+        }
+    }
+    Ok(plan)
+}
+
+/// Whether every route's prefix is spelled as staticd stores it; one
+/// spelled otherwise (upper case, host bits) might not match in a `Get`.
+fn canonical(routes: &[(&RouteKey, &[xpath::Step])]) -> bool {
+    routes
+        .iter()
+        .all(|(k, steps)| steps.last().and_then(|s| s.key("prefix")) == Some(normalize(k.prefix).to_string().as_str()))
+}
+
+/// Whether a failed `Get` of one configuration node says it does not
+/// exist (FRR 8.4: INVALID_ARGUMENT "Data path not found").
+fn is_absent(s: &Status) -> bool {
+    s.code() == Code::NotFound
+        || (s.code() == Code::InvalidArgument && s.message().to_ascii_lowercase().contains("not found"))
 }
 
 /// The routes after a candidate's edits, on top of `running`.
@@ -869,18 +1012,35 @@ impl pb::northbound_server::Northbound for Proxy {
         let paths: Vec<&str> = req.path.iter().map(String::as_str).collect();
         let daemon = self.owner_of(&paths)?;
         let mut client = self.up.client(&daemon)?;
-        let responses = self
-            .up
-            .call(&daemon, "Get", async move {
-                let mut stream = client.get(req).await?.into_inner();
-                let mut out = Vec::new();
-                while let Some(r) = stream.message().await? {
-                    out.push(Ok(r));
+        // The timeout covers the whole stream, as for every upstream call.
+        let deadline = tokio::time::Instant::now() + self.up.nb.timeout();
+        let upstream =
+            self.up.call(&daemon, "Get", async move { client.get(req).await.map(Response::into_inner) }).await?;
+        // Answers pass through as they arrive; an upstream failure ends the
+        // stream with the daemon's error.
+        let up = self.up.clone();
+        let stream = futures::stream::unfold(Some(upstream), move |state| {
+            let (up, daemon) = (up.clone(), daemon.clone());
+            async move {
+                let mut upstream = state?;
+                let next = match tokio::time::timeout_at(deadline, upstream.message()).await {
+                    Ok(next) => next,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "{daemon} did not answer Get within {:?}",
+                        up.nb.timeout()
+                    ))),
+                };
+                match next {
+                    Ok(Some(r)) => Some((Ok(r), Some(upstream))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        up.report(&daemon, "Get", &e);
+                        Some((Err(upstream_err(&daemon, e)), None))
+                    }
                 }
-                Ok(out)
-            })
-            .await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(responses))))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn subscribe(&self, _req: Request<pb::SubscribeRequest>) -> Result<Response<pb::SubscribeResponse>, Status> {
@@ -934,6 +1094,10 @@ impl pb::northbound_server::Northbound for Proxy {
             let r = pb::UpdateCandidateRequest { candidate_id: u };
             self.up.call(&d, "UpdateCandidate", async { client.update_candidate(r).await }).await?;
         }
+        // Rebased on running as it is now: what was read before is stale.
+        if let Some(c) = self.lock().candidates.get_mut(&id) {
+            c.read.clear();
+        }
         Ok(Response::new(pb::UpdateCandidateResponse {}))
     }
 
@@ -958,8 +1122,18 @@ impl pb::northbound_server::Northbound for Proxy {
         let mut client = self.up.client(&daemon)?;
         let fwd =
             pb::EditCandidateRequest { candidate_id: upstream, update: req.update.clone(), delete: req.delete.clone() };
-        self.up.call(&daemon, "EditCandidate", async { client.edit_candidate(fwd).await }).await?;
-        self.record(id, Edit::Change { update: req.update, delete: req.delete }, None)?;
+        let edit = Edit::Change { update: req.update, delete: req.delete };
+        let prefetch = async {
+            if daemon == "staticd" {
+                self.prefetch(id, &edit).await
+            } else {
+                Vec::new()
+            }
+        };
+        let (forwarded, read) =
+            tokio::join!(self.up.call(&daemon, "EditCandidate", async { client.edit_candidate(fwd).await }), prefetch);
+        forwarded?;
+        self.record(id, edit, None, read)?;
         Ok(Response::new(pb::EditCandidateResponse {}))
     }
 
@@ -992,7 +1166,7 @@ impl pb::northbound_server::Northbound for Proxy {
         let fwd =
             pb::LoadToCandidateRequest { candidate_id: upstream, r#type: kind as i32, config: Some(config.clone()) };
         self.up.call(&daemon, "LoadToCandidate", async { client.load_to_candidate(fwd).await }).await?;
-        self.record(id, Edit::Load { kind: kind as i32, config }, opaque)?;
+        self.record(id, Edit::Load { kind: kind as i32, config }, opaque, Vec::new())?;
         Ok(Response::new(pb::LoadToCandidateResponse {}))
     }
 
@@ -1079,11 +1253,12 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     info!(%listen, daemons = ?proxy.up.nb.daemons(), "FRR northbound proxy listening");
     let svc = pb::northbound_server::NorthboundServer::new(proxy).max_decoding_message_size(MAX_REQUEST_BYTES);
+    // tonic ignores `Server::tcp_nodelay` for a listener of our own: set it
+    // on every accepted connection, or Nagle holds back small answers.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-            .await;
+        let r =
+            tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, shutdown).await;
         if let Err(e) = r {
             warn!(error = %e, "FRR northbound proxy stopped");
         }
@@ -1133,6 +1308,52 @@ mod tests {
         let held = HeldCommit { daemon: "staticd".into(), candidate: 3, comment: String::new(), edits: Vec::new() };
         let e = resumed_apply(None, held)(true).await.unwrap_err();
         assert!(e.contains("staticd") && e.contains("candidate 3") && e.contains("[frr.northbound]"), "{e}");
+    }
+
+    #[test]
+    fn only_missing_data_reads_as_no_route() {
+        assert!(is_absent(&Status::invalid_argument("Data path not found")), "FRR 8.4's answer");
+        assert!(is_absent(&Status::not_found("no such node")));
+        assert!(!is_absent(&Status::invalid_argument("Failed to fetch operational data")));
+        assert!(!is_absent(&Status::unavailable("not found")));
+        assert!(!is_absent(&Status::internal("Failed to dump data")));
+    }
+
+    #[test]
+    fn routes_are_read_one_by_one_only_when_spelled_as_staticd_stores_them() {
+        let base = "/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd'][vrf='default']/frr-staticd:staticd";
+        let check = |prefix: &str| {
+            let path = format!("{base}/route-list[prefix='{prefix}'][afi-safi='frr-routing:ipv6-unicast']/path-list[table-id='0'][distance='1']");
+            let edit = Edit::Change { update: vec![pb::PathValue { path, value: String::new() }], delete: vec![] };
+            let plan = read_plan(&[edit]).unwrap();
+            let routes: Vec<_> = plan.routes().collect();
+            assert_eq!(routes.len(), 1);
+            canonical(&routes)
+        };
+        assert!(check("2001:db8:77::/64"));
+        assert!(!check("2001:DB8:77::/64"), "upper case");
+        assert!(!check("2001:db8:77::1/64"), "host bits");
+        assert!(!check("2001:db8:0077::/64"), "leading zeros");
+    }
+
+    #[test]
+    fn removals_read_nothing_and_loads_read_everything() {
+        let base = "/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd'][vrf='default']/frr-staticd:staticd/route-list[prefix='2001:db8::/64'][afi-safi='frr-routing:ipv6-unicast']";
+        let pv = |p: &str| pb::PathValue { path: p.into(), value: String::new() };
+        let del = Edit::Change { update: vec![], delete: vec![pv(base)] };
+        let p = read_plan(std::slice::from_ref(&del)).unwrap();
+        assert!(p.routes().next().is_none() && !p.needs_everything());
+        // In one request the delete comes after the update: still a removal.
+        let nh = format!("{base}/path-list[table-id='0'][distance='1']/frr-nexthops/nexthop[nh-type='ip6'][vrf='default'][gateway='fd00::2'][interface='x']");
+        let both = Edit::Change { update: vec![pv(&nh)], delete: vec![pv(base)] };
+        assert!(read_plan(&[both]).unwrap().routes().next().is_none());
+        let add = Edit::Change { update: vec![pv(&nh)], delete: vec![] };
+        let routes: Vec<String> = read_plan(&[del, add]).unwrap().routes().map(|(_, s)| xpath::render(s)).collect();
+        assert_eq!(routes, vec![base.to_string()]);
+        let load = Edit::Load { kind: 0, config: pb::DataTree { encoding: 0, data: "{}".into() } };
+        assert!(read_plan(&[load]).unwrap().needs_everything());
+        let bad = Edit::Change { update: vec![pv("no-slash")], delete: vec![] };
+        assert!(read_plan(&[bad]).is_err());
     }
 
     #[test]

@@ -100,6 +100,126 @@ fn parse_nexthop(keys: impl Fn(&str) -> Option<String>) -> Result<Nexthop, Route
     })
 }
 
+/// What one edit path addresses among staticd's routes.
+enum Target<'a> {
+    /// Nothing of the routes (another container, a leaf elsewhere).
+    Outside,
+    /// Every route of `vrf` (every VRF when `None`): a delete of
+    /// `/frr-routing:routing`, a protocol entry or the staticd container.
+    Every { vrf: Option<String> },
+    /// One route; `rest` are the steps below its `route-list` entry.
+    Route { key: RouteKey, rest: &'a [Step] },
+}
+
+fn locate(steps: &[Step]) -> Result<Target<'_>, RoutesError> {
+    let Some(sd) = steps.iter().position(|s| s.name == "frr-staticd:staticd" || s.local_name() == "staticd") else {
+        // `/frr-routing:routing` or the protocol list (entry): a delete of
+        // it removes every static route (of the entry's VRF).
+        if steps.len() <= 3 && steps.first().is_some_and(|s| s.name == "frr-routing:routing") {
+            return Ok(Target::Every { vrf: steps.get(2).and_then(|s| s.key("vrf")).map(str::to_string) });
+        }
+        return Ok(Target::Outside);
+    };
+    let vrf = steps[..sd].iter().rev().find_map(|s| s.key("vrf")).unwrap_or("default").to_string();
+    let rest = &steps[sd + 1..];
+    let Some(rl) = rest.first() else {
+        return Ok(Target::Every { vrf: Some(vrf) });
+    };
+    if rl.local_name() != "route-list" {
+        return Ok(Target::Outside);
+    }
+    let (Some(prefix), Some(afi)) = (rl.key("prefix"), rl.key("afi-safi")) else {
+        return Err(bad("route-list step needs keys prefix and afi-safi"));
+    };
+    let key = RouteKey { vrf, prefix: parse_prefix(prefix, afi)?, afi_safi: afi.to_string() };
+    Ok(Target::Route { key, rest: &rest[1..] })
+}
+
+/// Which routes of staticd's running configuration a commit's judgement
+/// depends on, worked out from the candidate's edits alone (fed in the
+/// order FRR applies them: per request its updates, then its deletes).
+///
+/// A route the edits remove last (its `route-list` entry, or everything
+/// around it) is gone after the commit whatever it was before: a removal,
+/// which [`RouteChange::intent`] never judges. Routes the edits never
+/// touch keep their members (or go with a removal of everything). Routes
+/// outside the default VRF are never judged. Only the other touched
+/// routes need reading: the resulting member set of each is its running
+/// one with the edits applied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadPlan {
+    /// Touched routes: whether the outcome depends on the running state
+    /// (false: removed last), and the `route-list` path to read it at.
+    touched: BTreeMap<RouteKey, (bool, Vec<Step>)>,
+    /// A load: the whole configuration is needed.
+    everything: bool,
+}
+
+impl ReadPlan {
+    /// Notes one update (`delete = false`) or delete path.
+    pub fn note(&mut self, steps: &[Step], delete: bool) -> Result<(), RoutesError> {
+        match locate(steps)? {
+            Target::Outside => {}
+            Target::Every { vrf } => {
+                if delete {
+                    for (k, (depends, _)) in self.touched.iter_mut() {
+                        if vrf.as_ref().is_none_or(|v| *v == k.vrf) {
+                            *depends = false;
+                        }
+                    }
+                }
+            }
+            Target::Route { key, rest } => {
+                let removed = delete && rest.is_empty();
+                let at = steps.len() - rest.len();
+                let entry = self.touched.entry(key).or_insert_with(|| (false, steps[..at].to_vec()));
+                entry.0 = !removed;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes a `LoadToCandidate`: everything must be read.
+    pub fn note_load(&mut self) {
+        self.everything = true;
+    }
+
+    /// Whether the whole configuration must be read.
+    pub fn needs_everything(&self) -> bool {
+        self.everything
+    }
+
+    /// The routes to read, each with the `route-list` entry's path steps.
+    pub fn routes(&self) -> impl Iterator<Item = (&RouteKey, &[Step])> {
+        self.touched
+            .iter()
+            .filter(|(k, (depends, _))| *depends && k.vrf == "default")
+            .map(|(k, (_, steps))| (k, steps.as_slice()))
+    }
+}
+
+/// A member of a JSON object by its name with or without the module
+/// prefix FRR puts on top-level nodes (`frr-staticd:path-list`).
+fn member<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    let m = v.as_object()?;
+    m.get(name).or_else(|| m.iter().find(|(k, _)| k.rsplit(':').next() == Some(name)).map(|(_, v)| v))
+}
+
+/// Merges the `path-list` entries of one route-list entry `r` into `paths`.
+fn merge_paths(r: &Value, prefix: &str, paths: &mut Paths) -> Result<(), RoutesError> {
+    for p in member(r, "path-list").and_then(Value::as_array).into_iter().flatten() {
+        let (Some(table), Some(distance)) = (num(p.get("table-id")), num(p.get("distance"))) else {
+            return Err(bad(format!("path-list of {prefix} without table-id or distance")));
+        };
+        let nhs = paths.entry((table, distance)).or_default();
+        let list = p.get("frr-nexthops").and_then(|n| n.get("nexthop")).and_then(Value::as_array);
+        for nh in list.into_iter().flatten() {
+            nhs.insert(parse_nexthop(|k| text(nh, k).map(str::to_string))?);
+        }
+    }
+    Ok(())
+}
+
 impl StaticRoutes {
     /// Reads the routes out of a JSON data tree (a `Get` answer, or the
     /// config of a `LoadToCandidate`), wherever in the tree staticd's
@@ -137,23 +257,47 @@ impl StaticRoutes {
     }
 
     fn merge_staticd(&mut self, v: &Value, vrf: &str) -> Result<(), RoutesError> {
-        let lists = v.get("route-list").and_then(Value::as_array).cloned().unwrap_or_default();
-        for r in &lists {
+        for r in member(v, "route-list").and_then(Value::as_array).into_iter().flatten() {
             let (Some(prefix), Some(afi)) = (text(r, "prefix"), text(r, "afi-safi")) else {
                 return Err(bad("route-list entry without prefix or afi-safi"));
             };
             let key = RouteKey { vrf: vrf.to_string(), prefix: parse_prefix(prefix, afi)?, afi_safi: afi.to_string() };
-            let paths = self.routes.entry(key).or_default();
-            for p in r.get("path-list").and_then(Value::as_array).into_iter().flatten() {
-                let (Some(table), Some(distance)) = (num(p.get("table-id")), num(p.get("distance"))) else {
-                    return Err(bad(format!("path-list of {prefix} without table-id or distance")));
-                };
-                let nhs = paths.entry((table, distance)).or_default();
-                let list = p.get("frr-nexthops").and_then(|n| n.get("nexthop")).and_then(Value::as_array);
-                for nh in list.into_iter().flatten() {
-                    nhs.insert(parse_nexthop(|k| text(nh, k).map(str::to_string))?);
+            merge_paths(r, prefix, self.routes.entry(key).or_default())?;
+        }
+        Ok(())
+    }
+
+    /// Reads one route out of the answer to a `Get` of its `route-list`
+    /// entry and merges it in as `key`. FRR 8.4 answers a `Get` of
+    /// `route-list[...]/prefix` with that leaf and its following siblings,
+    /// i.e. the entry's members (`frr-staticd:prefix`, `frr-staticd:path-list`,
+    /// ...); a tree that holds the entry (a `route-list` list, or a whole
+    /// configuration) is read too, keeping only `key`. An empty answer is
+    /// no route.
+    pub fn merge_route_json(&mut self, text_in: &str, key: &RouteKey) -> Result<(), RoutesError> {
+        if text_in.trim().is_empty() {
+            return Ok(());
+        }
+        let v: Value = serde_json::from_str(text_in).map_err(|e| bad(format!("not a JSON data tree: {e}")))?;
+        let mut found = StaticRoutes::default();
+        if member(&v, "path-list").is_some() || member(&v, "prefix").is_some() {
+            // The entry's members: check they are the entry asked for.
+            if let (Some(prefix), Some(afi)) = (member(&v, "prefix"), member(&v, "afi-safi")) {
+                let (prefix, afi) = (prefix.as_str().unwrap_or_default(), afi.as_str().unwrap_or_default());
+                if parse_prefix(prefix, afi)? != key.prefix || afi != key.afi_safi {
+                    return Err(bad(format!("asked for route {} and got {prefix} ({afi})", key.prefix)));
                 }
             }
+            let mut paths = Paths::new();
+            merge_paths(&v, &key.prefix.to_string(), &mut paths)?;
+            found.routes.insert(key.clone(), paths);
+        } else if member(&v, "route-list").is_some() {
+            found.merge_staticd(&v, &key.vrf)?;
+        } else {
+            found.merge_json(&v, "default")?;
+        }
+        if let Some(paths) = found.routes.remove(key) {
+            self.routes.entry(key.clone()).or_default().extend(paths);
         }
         Ok(())
     }
@@ -161,33 +305,17 @@ impl StaticRoutes {
     /// Applies one `EditCandidate` update (`delete = false`) or delete of
     /// `steps`. Paths outside staticd's routes change nothing here.
     pub fn edit(&mut self, steps: &[Step], delete: bool) -> Result<(), RoutesError> {
-        let Some(sd) = steps.iter().position(|s| s.name == "frr-staticd:staticd" || s.local_name() == "staticd") else {
-            if delete && steps.len() <= 3 {
-                // Deleting `/frr-routing:routing` or the protocol list
-                // removes every static route.
-                if steps.first().is_some_and(|s| s.name == "frr-routing:routing") {
-                    let vrf = steps.get(2).and_then(|s| s.key("vrf"));
-                    self.routes.retain(|k, _| vrf.is_some_and(|v| v != k.vrf));
+        let (key, rest) = match locate(steps)? {
+            Target::Outside => return Ok(()),
+            Target::Every { vrf } => {
+                if delete {
+                    self.routes.retain(|k, _| vrf.as_ref().is_some_and(|v| *v != k.vrf));
                 }
+                return Ok(());
             }
-            return Ok(());
+            Target::Route { key, rest } => (key, rest),
         };
-        let vrf = steps[..sd].iter().rev().find_map(|s| s.key("vrf")).unwrap_or("default").to_string();
-        let rest = &steps[sd + 1..];
-        let Some(rl) = rest.first() else {
-            if delete {
-                self.routes.retain(|k, _| k.vrf != vrf);
-            }
-            return Ok(());
-        };
-        if rl.local_name() != "route-list" {
-            return Ok(());
-        }
-        let (Some(prefix), Some(afi)) = (rl.key("prefix"), rl.key("afi-safi")) else {
-            return Err(bad("route-list step needs keys prefix and afi-safi"));
-        };
-        let key = RouteKey { vrf, prefix: parse_prefix(prefix, afi)?, afi_safi: afi.to_string() };
-        let Some(pl) = rest.get(1) else {
+        let Some(pl) = rest.first() else {
             if delete {
                 self.routes.remove(&key);
             } else {
@@ -205,7 +333,7 @@ impl StaticRoutes {
             return Err(bad("path-list step needs numeric keys table-id and distance"));
         };
         let path = (table, distance);
-        match (rest.get(2).map(Step::local_name), rest.get(3)) {
+        match (rest.get(1).map(Step::local_name), rest.get(2)) {
             (None, _) if delete => {
                 if let Some(paths) = self.routes.get_mut(&key) {
                     paths.remove(&path);
@@ -218,7 +346,7 @@ impl StaticRoutes {
             }
             (Some("frr-nexthops"), Some(nh)) if nh.local_name() == "nexthop" => {
                 let nexthop = parse_nexthop(|k| nh.key(k).map(str::to_string))?;
-                let leaf = rest.len() > 4;
+                let leaf = rest.len() > 3;
                 if delete && !leaf {
                     if let Some(nhs) = self.routes.get_mut(&key).and_then(|p| p.get_mut(&path)) {
                         nhs.remove(&nexthop);
@@ -370,6 +498,137 @@ mod tests {
         assert!(e.to_string().contains("does not match afi-safi"), "{e}");
         assert!(StaticRoutes::from_json("{not json").is_err());
         assert!(StaticRoutes::from_json("").unwrap().routes.is_empty());
+    }
+
+    /// FRR 8.4.4 staticd's answer to `Get(CONFIG, JSON)` of
+    /// `.../route-list[prefix='2001:db8:1::/64'][afi-safi='frr-routing:ipv6-unicast']/prefix`
+    /// (captured from the test cache's gRPC build): the entry's members.
+    const ROUTE_ANSWER: &str = r#"{
+  "frr-staticd:prefix": "2001:db8:1::/64",
+  "frr-staticd:afi-safi": "frr-routing:ipv6-unicast",
+  "frr-staticd:path-list": [
+    {"table-id": 0, "distance": 1, "frr-nexthops": {"nexthop": [
+      {"nh-type": "ip6-ifindex", "vrf": "default", "gateway": "fd00:1::2", "interface": "px0"},
+      {"nh-type": "ip6-ifindex", "vrf": "default", "gateway": "fd00:2::2", "interface": "px1"}]}},
+    {"table-id": 0, "distance": 10, "frr-nexthops": {"nexthop": [
+      {"nh-type": "ip6-ifindex", "vrf": "default", "gateway": "fd00:1::3", "interface": "px0"}]}}
+  ]
+}"#;
+
+    fn key(prefix: &str) -> RouteKey {
+        RouteKey {
+            vrf: "default".into(),
+            prefix: parse_prefix(prefix, "frr-routing:ipv6-unicast").unwrap(),
+            afi_safi: "frr-routing:ipv6-unicast".into(),
+        }
+    }
+
+    #[test]
+    fn reads_one_route_from_frrs_answer_and_from_whole_trees() {
+        let k = key("2001:db8:1::/64");
+        let mut r = StaticRoutes::default();
+        r.merge_route_json(ROUTE_ANSWER, &k).unwrap();
+        assert_eq!(r.routes.len(), 1);
+        assert_eq!(r.routes[&k].len(), 2, "both paths");
+        let (_, nhs) = r.installed(&k).unwrap();
+        assert_eq!(nhs.len(), 2, "distance 1 is installed");
+        // Another route's answer is an error, not a silent mix-up.
+        let e = StaticRoutes::default().merge_route_json(ROUTE_ANSWER, &key("2001:db8:2::/64")).unwrap_err();
+        assert!(e.to_string().contains("asked for route 2001:db8:2::/64"), "{e}");
+        // A whole configuration (or a route-list with siblings): only `k`.
+        let mut w = StaticRoutes::default();
+        w.merge_route_json(RUNNING, &key("fd00:ecec:f::1/128")).unwrap();
+        assert_eq!(w, StaticRoutes::from_json(RUNNING).unwrap());
+        let mut none = StaticRoutes::default();
+        none.merge_route_json(RUNNING, &k).unwrap();
+        assert!(none.routes.is_empty());
+        let list = r#"{"frr-staticd:route-list":[{"prefix":"2001:db8:9::/64","afi-safi":"frr-routing:ipv6-unicast"},
+            {"prefix":"2001:db8:1::/64","afi-safi":"frr-routing:ipv6-unicast","path-list":[{"table-id":0,"distance":1}]}]}"#;
+        let mut l = StaticRoutes::default();
+        l.merge_route_json(list, &k).unwrap();
+        assert_eq!(l.routes.keys().collect::<Vec<_>>(), vec![&k]);
+        assert!(StaticRoutes::default().merge_route_json("{bad", &k).is_err());
+        let mut blank = StaticRoutes::default();
+        blank.merge_route_json(" ", &k).unwrap();
+        assert!(blank.routes.is_empty());
+    }
+
+    fn plan(edits: &[(&str, bool)]) -> ReadPlan {
+        let mut p = ReadPlan::default();
+        for (path, delete) in edits {
+            p.note(&parse(path).unwrap(), *delete).unwrap();
+        }
+        p
+    }
+
+    fn read(p: &ReadPlan) -> Vec<String> {
+        p.routes().map(|(k, steps)| format!("{} {}", k.prefix, crate::frr::xpath::render(steps))).collect()
+    }
+
+    #[test]
+    fn reads_only_routes_whose_outcome_depends_on_the_running_config() {
+        let a = "2001:db8:77::/64";
+        // An added nexthop: the route's running members matter.
+        let p = plan(&[(&nh(a, 1), false)]);
+        assert_eq!(read(&p), vec![format!("{a} {}", rl(a))], "read at the route-list entry");
+        // The route removed: gone whatever it was.
+        assert!(read(&plan(&[(&rl(a), true)])).is_empty());
+        assert!(read(&plan(&[(&nh(a, 1), false), (&rl(a), true)])).is_empty());
+        // Removed, then added again: compared with the running route.
+        assert_eq!(read(&plan(&[(&rl(a), true), (&nh(a, 2), false)])).len(), 1);
+        // A nexthop or path removed: the rest of the route matters.
+        assert_eq!(read(&plan(&[(&nh(a, 1), true)])).len(), 1);
+        // Everything removed after an add; a VRF-scoped removal keeps other VRFs' routes.
+        assert!(read(&plan(&[(&nh(a, 1), false), (BASE, true)])).is_empty());
+        assert!(read(&plan(&[(&nh(a, 1), false), ("/frr-routing:routing", true)])).is_empty());
+        let other_vrf = "/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd'][vrf='red']";
+        assert_eq!(read(&plan(&[(&nh(a, 1), false), (other_vrf, true)])).len(), 1);
+        // Routes of other VRFs are never judged; paths outside routes touch none.
+        assert!(read(&plan(&[(&nh(a, 1).replace("[vrf='default']/frr-staticd", "[vrf='red']/frr-staticd"), false)]))
+            .is_empty());
+        assert!(read(&plan(&[("/frr-interface:lib/interface[name='x']/description", false)])).is_empty());
+        // Two routes: each read once.
+        let b = "2001:db8:78::/64";
+        assert_eq!(read(&plan(&[(&nh(a, 1), false), (&nh(a, 2), false), (&nh(b, 1), false)])).len(), 2);
+        let mut p = plan(&[(&rl(a), true)]);
+        assert!(!p.needs_everything());
+        p.note_load();
+        assert!(p.needs_everything());
+        assert!(ReadPlan::default().note(&parse(&rl("2001:db8:zz::/64")).unwrap(), false).is_err());
+    }
+
+    #[test]
+    fn judging_with_the_routes_read_equals_judging_with_everything() {
+        // Running: fd00:ecec:f::1/128 with two members, plus an unrelated route.
+        let mut running = StaticRoutes::from_json(RUNNING).unwrap();
+        running.edit(&parse(&nh("2001:db8:99::/64", 3)).unwrap(), false).unwrap();
+        let cases: Vec<Vec<(String, bool)>> = vec![
+            vec![(nh("fd00:ecec:f::1/128", 3), false)],
+            vec![(nh("fd00:ecec:f::1/128", 2), true)],
+            vec![(rl("fd00:ecec:f::1/128"), true), (nh("fd00:ecec:f::1/128", 1), false)],
+            vec![(nh("2001:db8:77::/64", 1), false), (rl("fd00:ecec:f::1/128"), true)],
+            vec![(BASE.to_string(), true), (nh("2001:db8:99::/64", 3), false)],
+        ];
+        let intents = |before: &StaticRoutes, edits: &[(String, bool)]| {
+            let mut after = before.clone();
+            for (p, d) in edits {
+                after.edit(&parse(p).unwrap(), *d).unwrap();
+            }
+            changes(before, &after).iter().filter_map(RouteChange::intent).collect::<Vec<_>>()
+        };
+        for edits in &cases {
+            let mut p = ReadPlan::default();
+            for (path, d) in edits {
+                p.note(&parse(path).unwrap(), *d).unwrap();
+            }
+            let mut partial = StaticRoutes::default();
+            for (k, _) in p.routes() {
+                if let Some(paths) = running.routes.get(k) {
+                    partial.routes.insert(k.clone(), paths.clone());
+                }
+            }
+            assert_eq!(intents(&partial, edits), intents(&running, edits), "{edits:?}");
+        }
     }
 
     #[test]

@@ -139,6 +139,28 @@ pub fn parse(path: &str) -> Result<Vec<Step>, XpathError> {
     Ok(steps)
 }
 
+/// Writes `steps` back as a path [`parse`] reads again: `/name[key='value']...`,
+/// each value in single quotes unless it holds one (then double quotes;
+/// `parse` accepts no value with both).
+pub fn render(steps: &[Step]) -> String {
+    let mut out = String::new();
+    for s in steps {
+        out.push('/');
+        out.push_str(&s.name);
+        for (k, v) in &s.keys {
+            let q = if v.contains('\'') { '"' } else { '\'' };
+            out.push('[');
+            out.push_str(k);
+            out.push('=');
+            out.push(q);
+            out.push_str(v);
+            out.push(q);
+            out.push(']');
+        }
+    }
+    out
+}
+
 /// Every module prefix a path mentions: in step names and in key values
 /// that are identities (`frr-staticd:staticd`, `frr-routing:ipv6-unicast`).
 pub fn modules(steps: &[Step]) -> Vec<String> {
@@ -328,6 +350,17 @@ mod tests {
     }
 
     const NH: &str = "/frr-routing:routing/control-plane-protocols/control-plane-protocol[type='frr-staticd:staticd'][name='staticd'][vrf='default']/frr-staticd:staticd/route-list[prefix='2001:db8:77::/64'][afi-safi='frr-routing:ipv6-unicast']/path-list[table-id='0'][distance='1']/frr-nexthops/nexthop[nh-type='ip6'][vrf='default'][gateway='fd00:1::2'][interface='nb1a']";
+
+    #[test]
+    fn rendered_paths_parse_back_to_the_same_steps() {
+        let s = parse(NH).unwrap();
+        assert_eq!(render(&s), NH);
+        let odd = r#"/a:b[k="it's"][j='x"y']/c"#;
+        let steps = parse(odd).unwrap();
+        assert_eq!(steps[0].key("k"), Some("it's"));
+        assert_eq!(parse(&render(&steps)).unwrap(), steps);
+        assert_eq!(render(&steps), odd);
+    }
 
     #[test]
     fn parses_staticd_nexthop_path() {
