@@ -91,6 +91,31 @@ fn veto_keeps_forwarding_off_and_the_session_survives_a_reset() {
     assert_eq!(sysctl(&lab, "net.ipv6.conf.all.forwarding"), "0");
     assert_eq!(d.json(&["status"])["verdicts"]["veto"], 2, "both judgements are counted");
     assert!(lab.reset_and_wait(RESET_WITHIN).is_some(), "session did not come back: {}", lab.state());
+    // Approved anyway: forwarding goes on, and remediation (on by default)
+    // takes the peering interface back out, as the stage plan would.
+    let id = v_id(&d);
+    let a = d.json(&["approve", &id.to_string(), "--reason", "maintenance window"]);
+    assert_eq!(a["outcome"], "applied", "{a}");
+    assert_eq!(sysctl(&lab, "net.ipv6.conf.all.forwarding"), "1");
+    eventually(Duration::from_secs(1), || {
+        let f = sysctl(&lab, &format!("net.ipv6.conf.{}.forwarding", lab.vm_if));
+        (f == "0").then_some(()).ok_or(f)
+    });
+    assert!(!anycast_on_vm_if(&lab));
+    assert!(lab.reset_and_wait(RESET_WITHIN).is_some(), "session did not come back: {}", lab.state());
+}
+
+/// The id of the newest vetoed proposal in the history.
+fn v_id(d: &Daemon) -> u64 {
+    let h = d.json(&["history"]);
+    h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "decision" && e["verdict"] == "veto")
+        .and_then(|e| e["change_id"].as_u64())
+        .unwrap_or_else(|| panic!("no vetoed proposal in {h}"))
 }
 
 #[test]
