@@ -229,3 +229,29 @@ fn a_held_change_can_be_cancelled_and_nothing_is_applied() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--limit"), "{o:?}");
 }
+
+/// A veto stays approvable after a restart (`kill -9`): its decision is
+/// in the journal, and `approve` applies it then.
+#[test]
+fn a_veto_is_still_approvable_after_kill_9() {
+    let ns = common::Netns::new("vetoR");
+    ns.ip(&["link", "add", "rgV", "type", "veth", "peer", "name", "rgW"]);
+    ns.ip(&["link", "set", "rgV", "up"]);
+    ns.ip(&["-6", "addr", "add", "fdc0:7::1/64", "dev", "rgV", "nodad"]);
+    // The gateway sits at the Subnet-Router anycast of rgV's /64.
+    ns.ip(&["-6", "route", "add", "2001:db8::/32", "via", "fdc0:7::", "dev", "rgV"]);
+    let mut d = Daemon::start(&ns, &[]);
+    let v = d.decision(&["propose", "--sysctl", "net.ipv6.conf.all.forwarding=1"]);
+    assert_eq!(v["verdict"], "veto", "{v}");
+    let id = v["change_id"].as_u64().unwrap();
+    assert!(d.stop("KILL", Duration::from_secs(5)).is_some());
+    d.restart();
+    let a = d.json(&["approve", &id.to_string(), "--reason", "renumbering tonight"]);
+    assert_eq!(a["outcome"], "applied", "{a}");
+    assert_eq!(ns.exec(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).trim(), "1");
+    assert_eq!(types(&history(&d, id)), vec!["decision", "approve", "applying", "done"]);
+    // Approved once: not again, after another restart either.
+    d.restart();
+    let o = d.cli(&["approve", &id.to_string(), "--reason", "again"], true);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}

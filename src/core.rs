@@ -408,8 +408,8 @@ struct SockPoll {
     delta: Option<Change>,
 }
 
-/// Vetoed proposals kept for `approve`.
-const MAX_VETOED: usize = 256;
+/// Vetoed proposals kept for `approve` (also across restarts).
+use crate::journal::MAX_VETOED;
 
 /// The journal record of a change about to be held.
 fn held_record(id: u64, ask: &ChangeAsk, plan: Plan, deadline_ms: u64, on_timeout: OnTimeout) -> Record {
@@ -756,6 +756,23 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         apply_via: HashMap::new(),
     };
     core.settings.metrics.stale.set(1);
+    // Vetoed proposals stay approvable across restarts; one the proxy or
+    // the Guard API judged is committed to FRR from its edits, never
+    // through the kernel writer.
+    for (id, rec) in &replayed.vetoed {
+        let Record::Decision { intent, requester, northbound: recipe, .. } = rec else { continue };
+        match recipe {
+            Some(held) => {
+                let via = crate::frr::proxy::resumed_apply(core.settings.northbound.clone(), held.clone());
+                core.apply_via.insert(*id, via);
+            }
+            None if requester.starts_with(crate::frr::proxy::REQUESTER) => continue,
+            None => {}
+        }
+        let ask =
+            ChangeAsk { intent: intent.clone(), requester: requester.clone(), apply_via: None, recipe: recipe.clone() };
+        core.vetoed.insert(*id, ask);
+    }
     for mut p in resumed {
         info!(change = p.id, intent = ?p.ask.intent, state = %p.state, "held change resumed from the journal");
         if let Some(via) = p.ask.apply_via.take() {
@@ -1802,6 +1819,7 @@ impl Core {
             verdict: decision.verdict.kind().to_string(),
             requester: ask.requester.clone(),
             reasons: decision.findings.iter().map(|f| f.summary.clone()).collect(),
+            northbound: ask.recipe.clone(),
         };
         if let Err(e) = self.journal_append(record) {
             let message = format!("not applied: {e}");

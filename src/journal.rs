@@ -68,6 +68,11 @@ pub enum Record {
         requester: String,
         /// Why (the findings' summaries).
         reasons: Vec<String>,
+        /// FRR northbound edits the change stands for (the proxy's commit
+        /// or the Guard API's edits): how an approval after a restart
+        /// commits it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        northbound: Option<crate::frr::proxy::HeldCommit>,
     },
     /// A change is held until its condition holds.
     Held {
@@ -223,7 +228,13 @@ pub struct Replay {
     pub records: usize,
     /// Lines skipped as unreadable (line number, error).
     pub skipped: Vec<(usize, String)>,
+    /// Vetoed proposals nobody approved yet, the newest [`MAX_VETOED`]:
+    /// their `Decision` records (an operator may still approve them).
+    pub vetoed: BTreeMap<u64, Record>,
 }
+
+/// Vetoed proposals kept approvable across restarts.
+pub const MAX_VETOED: usize = 256;
 
 /// A journal error.
 #[derive(Debug, thiserror::Error)]
@@ -330,7 +341,9 @@ impl Journal {
         let mut n = 0;
         for line in text.lines() {
             let Ok(e) = serde_json::from_str::<Entry>(line) else { continue };
-            if r.resume.contains_key(&e.record.change_id()) && !matches!(e.record, Record::Rotated { .. }) {
+            let id = e.record.change_id();
+            if (r.resume.contains_key(&id) || r.vetoed.contains_key(&id)) && !matches!(e.record, Record::Rotated { .. })
+            {
                 carried.push_str(line);
                 carried.push('\n');
                 n += 1;
@@ -513,8 +526,20 @@ pub fn replay(r: impl BufRead, now_ms: u64) -> std::io::Result<Replay> {
             }
             Record::Done { .. } | Record::Cancel { .. } => {
                 out.resume.remove(&id);
+                out.vetoed.remove(&id);
             }
-            Record::Decision { .. } | Record::Approve { .. } | Record::Rotated { .. } => {}
+            Record::Approve { .. } => {
+                out.vetoed.remove(&id);
+            }
+            d @ Record::Decision { .. } => {
+                if matches!(&d, Record::Decision { verdict, .. } if verdict == "veto") {
+                    out.vetoed.insert(id, d);
+                    while out.vetoed.len() > MAX_VETOED {
+                        out.vetoed.pop_first();
+                    }
+                }
+            }
+            Record::Rotated { .. } => {}
         }
     }
     Ok(out)
@@ -586,6 +611,7 @@ mod tests {
                 verdict: "allow".into(),
                 requester: "uid 0".into(),
                 reasons: vec![],
+                northbound: None,
             },
         }
     }
@@ -664,17 +690,28 @@ mod tests {
                 verdict: "veto".into(),
                 requester: "uid 0".into(),
                 reasons: vec![],
+                northbound: None,
             }),
+            line(Record::Decision {
+                change_id: 10,
+                intent: parse_sysctl("net.ipv6.conf.all.forwarding=1").unwrap(),
+                verdict: "veto".into(),
+                requester: "uid 0".into(),
+                reasons: vec![],
+                northbound: None,
+            }),
+            line(Record::Approve { change_id: 10, who: "uid 0".into(), reason: "r".into() }),
         ]
         .join("\n");
         let r = replay(text.as_bytes(), 15_000).unwrap();
+        assert_eq!(r.vetoed.keys().copied().collect::<Vec<_>>(), vec![9], "approved vetoes are not approvable again");
         assert_eq!(r.resume.keys().copied().collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(r.resume[&3].remaining, Duration::ZERO, "its deadline passed while the guard was down");
         assert_eq!(r.resume[&4].remaining, Duration::from_millis(5_000));
         assert!(r.resume[&4].was_applying && !r.resume[&3].was_applying);
         assert_eq!(r.resume[&4].steps, vec!["net.ipv6.fib_multipath_hash_fields=14".to_string()]);
-        assert_eq!(r.max_id, 9);
-        assert_eq!(r.records, 9);
+        assert_eq!(r.max_id, 10);
+        assert_eq!(r.records, 11);
         assert!(r.skipped.is_empty());
     }
 
