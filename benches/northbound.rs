@@ -23,6 +23,15 @@
 //! judges), of the whole transaction, and of the `Get` (request to the end
 //! of the stream). p50/p99 per side and the ratio proxy/direct.
 //!
+//! Control (`hop-only`, on unless `RGBENCH_NB_HOP=0`): a third warm channel
+//! to a bare pass-through `frr.Northbound` server in this process (tonic,
+//! its own current-thread runtime on its own thread, which `setns`es into
+//! the namespace and listens on 127.0.0.1:50101) that forwards every call
+//! to staticd unchanged: no judgement, no journal, FRR's candidate ids and
+//! `Get` stream passed through, TCP_NODELAY like the proxy. It runs the
+//! same calls in the same rotation of batches; its ratio to direct is what
+//! one extra gRPC hop costs on this machine, the floor for any proxy.
+//!
 //! Part 2, `Evaluate` latency (namespace `rgbnbe-<pid>`): 1M routes (80 %
 //! IPv4, 20 % IPv6, 10 % of them 3-way multipath; the shape of the ECMP
 //! bench) are loaded with `ip -batch`, the namespace is dumped into a
@@ -44,7 +53,8 @@
 //! (default 1000 per side and kind), `RGBENCH_NB_BATCH` (default 50, even),
 //! `RGBENCH_NB_ROUTES` (default 1000000), `RGBENCH_NB_EVALS` (default 1000
 //! in-process calls per intent), `RGBENCH_NB_GRPC` (default 200 gRPC calls
-//! per intent), `RGBENCH_DAEMON=PATH` picks another daemon binary.
+//! per intent), `RGBENCH_NB_HOP` (default 1; 0 skips the hop-only control),
+//! `RGBENCH_DAEMON=PATH` picks another daemon binary.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -68,6 +78,7 @@ use routeguard::policy::intent::{self, Intent};
 use routeguard::policy::{self, HazardsConfig};
 use routeguard::proto::frr as fpb;
 use routeguard::proto::frr::northbound_client::NorthboundClient;
+use routeguard::proto::frr::northbound_server::{Northbound, NorthboundServer};
 use routeguard::proto::guard as pb;
 
 #[path = "common/mod.rs"]
@@ -354,6 +365,9 @@ impl Side {
     }
 }
 
+/// One timed kind: name, direct, proxy and (if measured) hop-only samples.
+type Kind = (&'static str, Vec<f64>, Vec<f64>, Option<Vec<f64>>);
+
 fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
     let grpc_prefix = PathBuf::from("/var/cache/routeguard-test/frr-grpc-8.4.4/sbin/staticd");
     if !grpc_prefix.is_file() {
@@ -410,17 +424,28 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The control: a bare pass-through hop to staticd (RGBENCH_NB_HOP=0 skips it).
+    let mut hop = if p.hop { Some(HopServer::start(ns, HOP, STATICD)?) } else { None };
     let load_start = loadavg();
-    println!("northbound: 1. routeguard proxy and FRR up; measuring (load {load_start})");
+    println!(
+        "northbound: 1. routeguard proxy{} and FRR up; measuring (load {load_start})",
+        if hop.is_some() { ", hop-only control" } else { "" }
+    );
 
     let calls = p.calls;
     let batch = p.batch;
     let cpu0 = (cpu_seconds(pid), Instant::now());
-    let (direct, proxy, checks) = in_ns(ns, "rgb-nb-client", || {
+    let with_hop = hop.is_some();
+    let (direct, proxy, hop_side, checks) = in_ns(ns, "rgb-nb-client", || {
         let crt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         crt.block_on(async {
-            let mut sides = [nb_client(STATICD).await?, nb_client(PROXY).await?];
-            let mut out = [Side::default(), Side::default()];
+            // Sides: 0 direct, 1 routeguard's proxy, 2 the hop-only control.
+            let mut sides = vec![nb_client(STATICD).await?, nb_client(PROXY).await?];
+            if with_hop {
+                sides.push(nb_client(HOP).await?);
+            }
+            let n = sides.len();
+            let mut out: Vec<Side> = (0..n).map(|_| Side::default()).collect();
             // Warm-up, and a check that an add through the proxy really
             // lands in staticd's configuration (and a delete removes it).
             for c in sides.iter_mut() {
@@ -436,12 +461,25 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
             if !landed || !removed {
                 bail!("proxy commits did not reach staticd (landed {landed}, removed {removed})");
             }
-            // Commits: batches alternate direct/proxy, and which side goes
-            // first alternates too.
+            let mut checks = json!({"landed": landed, "removed": removed});
+            if with_hop {
+                transaction(&mut sides[2], true).await?;
+                let landed = String::from_utf8_lossy(&get_raw(&mut sides[0]).await?).contains(NB_PREFIX);
+                transaction(&mut sides[2], false).await?;
+                let removed = !String::from_utf8_lossy(&get_raw(&mut sides[0]).await?).contains(NB_PREFIX);
+                if !landed || !removed {
+                    bail!("hop-only commits did not reach staticd (landed {landed}, removed {removed})");
+                }
+                checks["hop_landed"] = json!(landed);
+                checks["hop_removed"] = json!(removed);
+            }
+            // Commits: batches alternate between the sides, and which side
+            // goes first rotates too (direct/proxy, proxy/direct without the
+            // control; direct/proxy/hop, proxy/hop/direct, hop/direct/proxy
+            // with it).
             let rounds = calls.div_ceil(batch);
             for round in 0..rounds {
-                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-                for s in order {
+                for s in (0..n).map(|k| (k + round) % n) {
                     for i in 0..batch {
                         let add = i % 2 == 0;
                         let (c, tx) = transaction(&mut sides[s], add).await?;
@@ -455,8 +493,7 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
                 }
             }
             for round in 0..rounds {
-                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-                for s in order {
+                for s in (0..n).map(|k| (k + round) % n) {
                     for _ in 0..batch {
                         let (t, bytes) = get_config(&mut sides[s]).await?;
                         out[s].get.push(t);
@@ -464,10 +501,15 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
                     }
                 }
             }
-            let [direct, proxy] = out;
-            Ok((direct, proxy, json!({"landed": landed, "removed": removed})))
+            let hop_side = if with_hop { out.pop() } else { None };
+            let proxy = out.pop().unwrap_or_default();
+            let direct = out.pop().unwrap_or_default();
+            Ok((direct, proxy, hop_side, checks))
         })
     })?;
+    if let Some(h) = hop.as_mut() {
+        h.stop();
+    }
     let cpu = cpu_seconds(pid) - cpu0.0;
     let wall = cpu0.1.elapsed().as_secs_f64();
     let s = status(&rt, &d.sock)?;
@@ -500,27 +542,48 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
     let mut res = serde_json::Map::new();
     let mut ratios = serde_json::Map::new();
     let mut pass = true;
-    let kinds: [(&str, Vec<f64>, Vec<f64>); 5] = [
-        ("commit", direct.commits(), proxy.commits()),
-        ("commit_add", direct.commit_add.clone(), proxy.commit_add.clone()),
-        ("commit_delete", direct.commit_del.clone(), proxy.commit_del.clone()),
-        ("transaction", direct.tx.clone(), proxy.tx.clone()),
-        ("get", direct.get.clone(), proxy.get.clone()),
+    let mut hop_ratios = serde_json::Map::new();
+    let hs = hop_side.as_ref();
+    let kinds: [Kind; 5] = [
+        ("commit", direct.commits(), proxy.commits(), hs.map(Side::commits)),
+        ("commit_add", direct.commit_add.clone(), proxy.commit_add.clone(), hs.map(|h| h.commit_add.clone())),
+        ("commit_delete", direct.commit_del.clone(), proxy.commit_del.clone(), hs.map(|h| h.commit_del.clone())),
+        ("transaction", direct.tx.clone(), proxy.tx.clone(), hs.map(|h| h.tx.clone())),
+        ("get", direct.get.clone(), proxy.get.clone(), hs.map(|h| h.get.clone())),
     ];
-    for (kind, dv, pv) in &kinds {
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    for (kind, dv, pv, hv) in &kinds {
         let (sd, sp) = (Stats::of(dv), Stats::of(pv));
         let (r50, r99) = (sp.p50 / sd.p50, sp.p99 / sd.p99);
-        println!("northbound: 1. {kind:<13} direct {}", sd.line("ms"));
-        println!("northbound: 1. {kind:<13} proxy  {}", sp.line("ms"));
+        println!("northbound: 1. {kind:<13} direct   {}", sd.line("ms"));
+        println!("northbound: 1. {kind:<13} proxy    {}", sp.line("ms"));
+        if let Some(hv) = hv {
+            let sh = Stats::of(hv);
+            let (h50, h90, h99) = (sh.p50 / sd.p50, sh.p90 / sd.p90, sh.p99 / sd.p99);
+            println!("northbound: 1. {kind:<13} hop-only {}", sh.line("ms"));
+            println!(
+                "northbound: 1. {kind:<13} ratio hop-only/direct p50 {h50:.2} p90 {h90:.2} p99 {h99:.2}; \
+                 proxy/hop-only p50 {:.2} p99 {:.2}",
+                sp.p50 / sh.p50,
+                sp.p99 / sh.p99
+            );
+            hop_ratios.insert(
+                kind.to_string(),
+                json!({"p50": r3(h50), "p90": r3(h90), "p99": r3(h99),
+                       "proxy_over_hop_p50": r3(sp.p50 / sh.p50), "proxy_over_hop_p99": r3(sp.p99 / sh.p99)}),
+            );
+            res.insert(
+                kind.to_string(),
+                json!({"direct_ms": sd.json(), "proxy_ms": sp.json(), "hop_only_ms": sh.json()}),
+            );
+        } else {
+            res.insert(kind.to_string(), json!({"direct_ms": sd.json(), "proxy_ms": sp.json()}));
+        }
         println!("northbound: 1. {kind:<13} ratio proxy/direct p50 {r50:.2} p99 {r99:.2}");
         if matches!(*kind, "commit" | "get") {
             pass &= r50 <= 1.2 && r99 <= 1.2;
         }
-        res.insert(kind.to_string(), json!({"direct_ms": sd.json(), "proxy_ms": sp.json()}));
-        ratios.insert(
-            kind.to_string(),
-            json!({"p50": (r50 * 1000.0).round() / 1000.0, "p99": (r99 * 1000.0).round() / 1000.0}),
-        );
+        ratios.insert(kind.to_string(), json!({"p50": r3(r50), "p99": r3(r99)}));
     }
     println!(
         "northbound: 1. Get answer {} bytes; daemon verdicts allow {allow} (adds through the proxy incl. warm-up: {}), \
@@ -532,6 +595,12 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
     Ok(json!({
         "calls_per_side": calls, "batch": batch, "load_start": load_start, "load_end": load_end,
         "results": res, "ratios": ratios, "get_bytes": proxy.get_bytes, "checks": checks,
+        "hop_only": if with_hop {
+            json!({"listen": format!("127.0.0.1:{HOP}"), "runtime": "current_thread, own thread in the namespace",
+                   "ratios_to_direct": hop_ratios})
+        } else {
+            json!(null)
+        },
         "daemon_verdicts": {"allow": allow, "other": other}, "daemon_cpu_secs": cpu, "wall_secs": wall,
         "journal_fsync_ms": fsync.json(), "daemon_side_segments_ms": segments,
         "target": {"goal": "proxy/direct <= 1.2 at p50 and p99, Commit and Get", "pass": pass},
@@ -607,6 +676,181 @@ fn commit_segments(log: &Path, skip: usize) -> Result<Value> {
         out.insert(k.to_string(), s.json());
     }
     Ok(Value::Object(out))
+}
+
+// ---------------------------------------------------------------------------
+// Part 1's control: a bare gRPC hop.
+
+/// gRPC port of the pass-through control (`RGBENCH_NB_HOP`).
+const HOP: u16 = 50101;
+
+/// A `frr.Northbound` server that forwards every call to staticd unchanged:
+/// no judgement, no journal, no candidate bookkeeping (FRR's candidate ids
+/// pass through), `Get` answers streamed straight from FRR's stream. What
+/// one tonic hop costs, and nothing else.
+struct Hop {
+    up: NorthboundClient<Channel>,
+}
+
+type Fwd<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
+
+#[tonic::async_trait]
+impl Northbound for Hop {
+    async fn get_capabilities(
+        &self,
+        r: tonic::Request<fpb::GetCapabilitiesRequest>,
+    ) -> Fwd<fpb::GetCapabilitiesResponse> {
+        self.up.clone().get_capabilities(r.into_inner()).await
+    }
+    type GetStream = tonic::codec::Streaming<fpb::GetResponse>;
+    async fn get(&self, r: tonic::Request<fpb::GetRequest>) -> Fwd<Self::GetStream> {
+        self.up.clone().get(r.into_inner()).await
+    }
+    async fn subscribe(&self, r: tonic::Request<fpb::SubscribeRequest>) -> Fwd<fpb::SubscribeResponse> {
+        self.up.clone().subscribe(r.into_inner()).await
+    }
+    async fn create_candidate(
+        &self,
+        r: tonic::Request<fpb::CreateCandidateRequest>,
+    ) -> Fwd<fpb::CreateCandidateResponse> {
+        self.up.clone().create_candidate(r.into_inner()).await
+    }
+    async fn delete_candidate(
+        &self,
+        r: tonic::Request<fpb::DeleteCandidateRequest>,
+    ) -> Fwd<fpb::DeleteCandidateResponse> {
+        self.up.clone().delete_candidate(r.into_inner()).await
+    }
+    async fn update_candidate(
+        &self,
+        r: tonic::Request<fpb::UpdateCandidateRequest>,
+    ) -> Fwd<fpb::UpdateCandidateResponse> {
+        self.up.clone().update_candidate(r.into_inner()).await
+    }
+    async fn edit_candidate(&self, r: tonic::Request<fpb::EditCandidateRequest>) -> Fwd<fpb::EditCandidateResponse> {
+        self.up.clone().edit_candidate(r.into_inner()).await
+    }
+    async fn load_to_candidate(
+        &self,
+        r: tonic::Request<fpb::LoadToCandidateRequest>,
+    ) -> Fwd<fpb::LoadToCandidateResponse> {
+        self.up.clone().load_to_candidate(r.into_inner()).await
+    }
+    async fn commit(&self, r: tonic::Request<fpb::CommitRequest>) -> Fwd<fpb::CommitResponse> {
+        self.up.clone().commit(r.into_inner()).await
+    }
+    type ListTransactionsStream = tonic::codec::Streaming<fpb::ListTransactionsResponse>;
+    async fn list_transactions(
+        &self,
+        r: tonic::Request<fpb::ListTransactionsRequest>,
+    ) -> Fwd<Self::ListTransactionsStream> {
+        self.up.clone().list_transactions(r.into_inner()).await
+    }
+    async fn get_transaction(&self, r: tonic::Request<fpb::GetTransactionRequest>) -> Fwd<fpb::GetTransactionResponse> {
+        self.up.clone().get_transaction(r.into_inner()).await
+    }
+    async fn lock_config(&self, r: tonic::Request<fpb::LockConfigRequest>) -> Fwd<fpb::LockConfigResponse> {
+        self.up.clone().lock_config(r.into_inner()).await
+    }
+    async fn unlock_config(&self, r: tonic::Request<fpb::UnlockConfigRequest>) -> Fwd<fpb::UnlockConfigResponse> {
+        self.up.clone().unlock_config(r.into_inner()).await
+    }
+    async fn subscription_cache(
+        &self,
+        r: tonic::Request<fpb::SubscriptionCacheRequest>,
+    ) -> Fwd<fpb::SubscriptionCacheResponse> {
+        self.up.clone().subscription_cache(r.into_inner()).await
+    }
+    async fn execute(&self, r: tonic::Request<fpb::ExecuteRequest>) -> Fwd<fpb::ExecuteResponse> {
+        self.up.clone().execute(r.into_inner()).await
+    }
+}
+
+/// The running control: its thread (in the lab namespace, with its own
+/// current-thread runtime) and the sender that stops it.
+struct HopServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HopServer {
+    /// Starts the pass-through on 127.0.0.1:`listen` inside `ns`, forwarding
+    /// to staticd at 127.0.0.1:`upstream` (reachable only from inside `ns`,
+    /// hence the thread's `setns`). Returns once it listens and its upstream
+    /// channel is connected.
+    fn start(ns: &str, listen: u16, upstream: u16) -> Result<HopServer> {
+        let path = format!("/var/run/netns/{ns}");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let thread = std::thread::Builder::new().name("rgb-nb-hop".into()).spawn(move || {
+            let setup =
+                (|| -> Result<(tokio::runtime::Runtime, tokio::net::TcpListener, NorthboundClient<Channel>)> {
+                    use std::os::fd::AsRawFd;
+                    let fd = File::open(&path).with_context(|| format!("open {path}"))?;
+                    // SAFETY: setns(2) on a namespace fd we hold; affects this thread only.
+                    #[allow(unsafe_code)]
+                    let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+                    if rc != 0 {
+                        bail!("setns({path}): {}", std::io::Error::last_os_error());
+                    }
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    let (l, up) = rt.block_on(async {
+                        let l = tokio::net::TcpListener::bind(("127.0.0.1", listen))
+                            .await
+                            .with_context(|| format!("bind 127.0.0.1:{listen}"))?;
+                        Ok::<_, anyhow::Error>((l, nb_client(upstream).await?))
+                    })?;
+                    Ok((rt, l, up))
+                })();
+            let (rt, listener, up) = match setup {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            // As routeguard's proxy: TCP_NODELAY on accepted connections.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let r = rt.block_on(
+                tonic::transport::Server::builder()
+                    .add_service(NorthboundServer::new(Hop { up }))
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stop_rx.await;
+                    }),
+            );
+            if let Err(e) = r {
+                eprintln!("northbound: hop-only server stopped: {e}");
+            }
+        })?;
+        let mut hop = HopServer { stop: Some(stop_tx), thread: Some(thread) };
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => Ok(hop),
+            Ok(Err(e)) => {
+                hop.stop();
+                Err(e.context("hop-only server"))
+            }
+            Err(e) => {
+                hop.stop();
+                bail!("hop-only server not ready: {e}")
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HopServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 async fn get_raw(c: &mut NorthboundClient<Channel>) -> Result<Vec<u8>> {
@@ -1006,6 +1250,8 @@ struct Params {
     routes: usize,
     evals: usize,
     grpc: usize,
+    /// Part 1 also measures the hop-only control.
+    hop: bool,
     daemon: PathBuf,
 }
 
@@ -1058,6 +1304,7 @@ fn main() {
             routes: env_u64("RGBENCH_NB_ROUTES", 1_000_000)? as usize,
             evals: env_u64("RGBENCH_NB_EVALS", 1000)?.max(1) as usize,
             grpc: env_u64("RGBENCH_NB_GRPC", 200)? as usize,
+            hop: env_u64("RGBENCH_NB_HOP", 1)? != 0,
             daemon: daemon_bin()?,
         })
     })();
