@@ -102,6 +102,9 @@ fn veto_keeps_forwarding_off_and_the_session_survives_a_reset() {
         (f == "0").then_some(()).ok_or(f)
     });
     assert!(!anycast_on_vm_if(&lab));
+    let s = d.json(&["status"]);
+    let r = s["remediations"].as_array().unwrap();
+    assert!(r.len() == 1 && r[0].as_str().unwrap().ends_with("(core)"), "one remediation, after the change: {s}");
     assert!(lab.reset_and_wait(RESET_WITHIN).is_some(), "session did not come back: {}", lab.state());
 }
 
@@ -129,6 +132,9 @@ fn stage_turns_forwarding_on_without_capturing_the_peer() {
     assert_eq!(sysctl(&lab, &format!("net.ipv6.conf.{}.forwarding", lab.vm_if)), "0");
     assert!(!anycast_on_vm_if(&lab), "the anycast must not be joined on the peering interface");
     assert!(!lab.route_to_peer().contains("anycast"), "{}", lab.route_to_peer());
+    // The guard's own staged toggle is not reported as a remediation.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.json(&["status"])["remediations"], serde_json::json!([]));
     let t = lab.reset_and_wait(RESET_WITHIN);
     assert!(t.is_some(), "session did not come back: {}", lab.state());
     eprintln!("re-established {t:?} after reset");

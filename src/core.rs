@@ -626,6 +626,11 @@ pub struct Core {
     /// The remediation's fast path (`None` without remediation, or when
     /// its socket could not be opened).
     reflex: Option<crate::kernel::reflex::Reflex>,
+    /// Changes the guard is applying that write IPv6 forwarding: while
+    /// any runs, neither the reflex nor the core remediates (the guard's
+    /// own toggle is not "behind its back"); once it ends, what remains
+    /// is remediated and reported as such.
+    own_forwarding: BTreeSet<u64>,
     remediations: VecDeque<String>,
     verdicts: BTreeMap<String, u64>,
     finding_labels: BTreeSet<(String, String)>,
@@ -748,6 +753,7 @@ pub fn start(settings: CoreSettings) -> std::io::Result<CoreHandle> {
         frr_polling: false,
         remediating: BTreeSet::new(),
         reflex,
+        own_forwarding: BTreeSet::new(),
         remediations: VecDeque::new(),
         verdicts: BTreeMap::new(),
         finding_labels: BTreeSet::new(),
@@ -1505,7 +1511,7 @@ impl Core {
 
     /// [`Core::remediate`], limited to the interfaces `keep` accepts.
     fn remediate_where(&mut self, received: Instant, keep: impl Fn(&str) -> bool) {
-        if !self.settings.hazards.subnet_anycast.remediate || self.stale {
+        if !self.settings.hazards.subnet_anycast.remediate || self.stale || !self.own_forwarding.is_empty() {
             return;
         }
         // Interfaces armed before this batch are the reflex's: it saw the
@@ -1521,6 +1527,30 @@ impl Core {
                 .collect()
         });
         self.rearm();
+        self.spawn_remediation(ifaces, received);
+    }
+
+    /// After the guard's own forwarding change: the exposed interfaces
+    /// whose forwarding reads 1 in `/proc` (the model may not have seen
+    /// the change's notifications yet, and the reflex was disarmed while
+    /// they came).
+    fn remediate_after_own_change(&mut self) {
+        if !self.settings.hazards.subnet_anycast.remediate || self.stale {
+            return;
+        }
+        let root = self.settings.proc_sys.clone();
+        let ifaces: Vec<String> = self
+            .with_context(hazards::subnet_anycast::armed_ifaces)
+            .into_values()
+            .filter(|i| !self.remediating.contains(i))
+            .filter(|i| writer::read_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding")).is_ok_and(|v| v == "1"))
+            .collect();
+        self.spawn_remediation(ifaces, Instant::now());
+    }
+
+    /// Turns forwarding off on `ifaces` in a blocking thread; the result
+    /// comes back as `Input::Remediated`.
+    fn spawn_remediation(&mut self, ifaces: Vec<String>, received: Instant) {
         if ifaces.is_empty() {
             return;
         }
@@ -1546,7 +1576,7 @@ impl Core {
     /// With remediation turned off (a reload), it is disarmed.
     fn rearm(&self) {
         let Some(r) = &self.reflex else { return };
-        if !self.settings.hazards.subnet_anycast.remediate {
+        if !self.settings.hazards.subnet_anycast.remediate || !self.own_forwarding.is_empty() {
             r.arm(BTreeMap::new());
         } else if !self.stale {
             r.arm(self.with_context(hazards::subnet_anycast::armed_ifaces));
@@ -1988,6 +2018,9 @@ impl Core {
         let via = self.apply_via.remove(&id).map(|v| (v, self.pending.contains_key(&id)));
         let touched_filters =
             matches!(intent, Intent::LinkHairpin { .. }) || matches!(staging, Some(Staging::ReflectionFilter(_)));
+        if writes_v6_forwarding(&intent) && self.own_forwarding.insert(id) {
+            self.rearm();
+        }
         tokio::spawn(async move {
             let result = apply_intent(&root, &vtysh, &intent, staging, via).await;
             match &result {
@@ -2142,6 +2175,12 @@ impl Core {
             self.spawn_hairpin_filter_read();
         }
         self.settings.metrics.pending.set(self.pending.len().saturating_sub(1) as i64);
+        if self.own_forwarding.remove(&id) && self.own_forwarding.is_empty() {
+            // What the change left (an approved toggle over a peer) is
+            // remediated now, as after any other toggle.
+            self.rearm();
+            self.remediate_after_own_change();
+        }
         if self.pending.remove(&id).is_some() {
             match result {
                 Ok(m) => info!(change = id, detail = %m, "held change applied"),
@@ -2149,6 +2188,11 @@ impl Core {
             }
         }
     }
+}
+
+/// Whether applying `intent` writes an IPv6 `forwarding` sysctl.
+fn writes_v6_forwarding(intent: &Intent) -> bool {
+    intent.effective_sysctls().iter().any(|(k, _)| k.starts_with("net.ipv6.conf.") && k.ends_with(".forwarding"))
 }
 
 /// Runs a blocking kernel write (an `ip` command) off the async workers;
