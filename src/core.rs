@@ -867,9 +867,9 @@ impl Core {
                                 _ = pending_tick.tick() => {
                                     self.process_pending();
                                     // Routes' gateways and sockets change
-                                    // the armed set too; they do not call
-                                    // for a look at every batch.
-                                    self.rearm();
+                                    // the exposed interfaces too; they do
+                                    // not call for a look at every batch.
+                                    self.remediate(Instant::now());
                                 }
                 _ = frr_tick.tick() => self.spawn_frr_poll(),
                 _ = sock_tick.tick() => {
@@ -1342,7 +1342,10 @@ impl Core {
                 let state = match r {
                     Ok(p) => {
                         self.frr_peers = p;
-                        self.rearm();
+                        // A peer learned while forwarding is already on
+                        // over it: no notification will come for the
+                        // reflex. Remediate it now (this re-arms too).
+                        self.remediate(Instant::now());
                         "up".to_string()
                     }
                     Err(e) => format!("unavailable: {e}"),
@@ -1533,11 +1536,13 @@ impl Core {
     /// After the guard's own forwarding change: the exposed interfaces
     /// whose forwarding reads 1 in `/proc` (the model may not have seen
     /// the change's notifications yet, and the reflex was disarmed while
-    /// they came).
+    /// they came) are written at once, on this thread (a rare, short
+    /// write), so that the reflex, re-armed next, finds them off.
     fn remediate_after_own_change(&mut self) {
         if !self.settings.hazards.subnet_anycast.remediate || self.stale {
             return;
         }
+        let received = Instant::now();
         let root = self.settings.proc_sys.clone();
         let ifaces: Vec<String> = self
             .with_context(hazards::subnet_anycast::armed_ifaces)
@@ -1545,7 +1550,17 @@ impl Core {
             .filter(|i| !self.remediating.contains(i))
             .filter(|i| writer::read_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding")).is_ok_and(|v| v == "1"))
             .collect();
-        self.spawn_remediation(ifaces, Instant::now());
+        if ifaces.is_empty() {
+            return;
+        }
+        let result = ifaces.iter().try_for_each(|i| {
+            writer::write_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding"), "0")
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        let latency = received.elapsed();
+        self.remediating.extend(ifaces.iter().cloned());
+        let _ = self.input_tx.try_send(Input::Remediated { ifaces, latency, result, by: "core" });
     }
 
     /// Turns forwarding off on `ifaces` in a blocking thread; the result
@@ -2178,8 +2193,10 @@ impl Core {
         if self.own_forwarding.remove(&id) && self.own_forwarding.is_empty() {
             // What the change left (an approved toggle over a peer) is
             // remediated now, as after any other toggle.
-            self.rearm();
+            // Written before the reflex is re-armed: a notification of the
+            // change still queued for it then finds forwarding off.
             self.remediate_after_own_change();
+            self.rearm();
         }
         if self.pending.remove(&id).is_some() {
             match result {

@@ -15,9 +15,10 @@
 //! gateway at the Subnet-Router anycast of one of its prefixes). This
 //! thread owns its own socket on `RTNLGRP_IPV6_NETCONF` and nothing else;
 //! when the kernel reports `forwarding = 1` for an armed interface (or for
-//! `all`, which rewrites every interface), it writes `0` to
-//! `/proc/sys/net/ipv6/conf/<if>/forwarding` at once, then reports the
-//! result. It may run `SCHED_FIFO` (`[hazards.subnet_anycast]
+//! `all`, which rewrites every interface) and `/proc` still reads 1 there
+//! (a notification read late may describe a toggle already undone), it
+//! writes `0` to `/proc/sys/net/ipv6/conf/<if>/forwarding` at once, then
+//! reports the result. It may run `SCHED_FIFO` (`[hazards.subnet_anycast]
 //! realtime_priority`): its work per event is one decode and one write, so
 //! a real-time priority cannot starve anything.
 //!
@@ -191,13 +192,13 @@ fn run(sock: &netlink_sys::Socket, s: &Shared, proc_sys: &Path, report: &dyn Fn(
             Ok(_) => {
                 let received = Instant::now();
                 let armed = s.armed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let (mut ifaces, all) = targets(&buf, &armed);
-                if all {
-                    let more = still_on(proc_sys, &armed, &ifaces);
-                    ifaces.extend(more);
-                    ifaces.sort();
-                }
-                Some((ifaces, received))
+                let (named, all) = targets(&buf, &armed);
+                // Only where forwarding is still on: a notification read
+                // late (the guard's own change, since undone) needs no
+                // write. After `all`, every armed interface is looked at.
+                let look: BTreeMap<u32, String> =
+                    if all { armed } else { armed.into_iter().filter(|(_, n)| named.contains(n)).collect() };
+                Some((still_on(proc_sys, &look, &[]), received))
             }
             Err(e) if nl::is_overrun(&e) => {
                 // A notification may be lost: look at every armed interface.
