@@ -62,7 +62,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -83,8 +83,8 @@ use routeguard::proto::guard as pb;
 #[path = "common/mod.rs"]
 mod common;
 use common::{
-    cpu_seconds, daemon_bin, die_with_parent, env_u64, in_ns_named, ip, kill, loadavg, ns_sysctl, run_ok, Guard, Rng,
-    Stats,
+    cpu_seconds, daemon_bin, die_with_parent, env_u64, in_ns_named, ip, kill, loadavg, ns_sysctl, run_ok, Daemon,
+    Guard, Rng, Stats,
 };
 
 /// Destination ports of the flows (one listener per port per node).
@@ -96,8 +96,6 @@ const BACKLOG: i32 = 65535;
 /// CAP_SYS_RESOURCE, so RLIMIT_NOFILE cannot be raised above its hard limit
 /// (20000 here); the flows are spread over several processes instead.
 const PER_HOLDER: usize = 18_000;
-/// How long the first dump of the daemon may take.
-const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Evaluate requests per intent through gRPC.
 const GRPC_REQUESTS: usize = 40;
 /// Prefixes sampled for phase 3.
@@ -645,103 +643,9 @@ fn sync_flows(
 // ---------------------------------------------------------------------------
 // The daemon.
 
-struct Daemon {
-    child: Child,
-    sock: PathBuf,
-    started: Instant,
-    dumped: Arc<Mutex<Option<Instant>>>,
-}
-
-impl Daemon {
-    fn spawn(bin: &Path, ns: &str, dir: &Path) -> Result<Daemon> {
-        let sock = dir.join("rg.sock");
-        let state = dir.join("state");
-        std::fs::create_dir_all(&state)?;
-        let cfg = dir.join("routeguard.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "socket = \"{}\"\nstate_dir = \"{}\"\n[selftest]\non_start = false\n",
-                sock.display(),
-                state.display()
-            ),
-        )?;
-        let log = dir.join("rg.log");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(bin).args(["run", "--config"]).arg(&cfg);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("ROUTEGUARD_") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        die_with_parent(&mut cmd);
-        let started = Instant::now();
-        let mut child = cmd.spawn().context("spawn routeguard")?;
-        track_pid(child.id());
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let dumped = Arc::new(Mutex::new(None));
-        let d2 = dumped.clone();
-        let mut logf = BufWriter::new(File::create(&log)?);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                if line.contains("kernel dump complete") {
-                    let mut g = d2.lock().unwrap_or_else(|e| e.into_inner());
-                    if g.is_none() {
-                        *g = Some(Instant::now());
-                    }
-                }
-                let _ = writeln!(logf, "{line}");
-                let _ = logf.flush();
-            }
-        });
-        Ok(Daemon { child, sock, started, dumped })
-    }
-
-    fn pid(&self) -> Result<u32> {
-        let pid = self.child.id();
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "routeguard" {
-            Ok(pid)
-        } else {
-            bail!("pid {pid} is `{}`, not routeguard", comm.trim())
-        }
-    }
-
-    fn wait_dump(&mut self) -> Result<f64> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(t) = *self.dumped.lock().unwrap_or_else(|e| e.into_inner()) {
-                return Ok((t - self.started).as_secs_f64());
-            }
-            if let Some(st) = self.child.try_wait()? {
-                bail!("routeguard exited ({st}) before its first dump; see its log");
-            }
-            if Instant::now() > deadline {
-                bail!("routeguard not ready after {READY_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(mut self) -> Result<()> {
-        kill(self.child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                self.child.wait()?;
-                bail!("routeguard did not stop on SIGTERM within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-}
-
 fn grpc_phase(bin: &Path, lab: &Lab, dir: &Path, intents: &[(&'static str, String)], n_flows: usize) -> Result<Value> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut d = Daemon::spawn(bin, &lab.r, dir)?;
+    let mut d = Daemon::spawn(bin, &lab.r, dir, "rg", "", track_pid)?;
     let dump_secs = d.wait_dump()?;
     let pid = d.pid()?;
     println!("ecmp: daemon: first dump complete {dump_secs:.2} s after spawn; waiting for the flow inventory");

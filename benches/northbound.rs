@@ -59,11 +59,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -84,8 +84,7 @@ use routeguard::proto::guard as pb;
 #[path = "common/mod.rs"]
 mod common;
 use common::{
-    cpu_seconds, daemon_bin, die_with_parent, env_u64, in_ns_named as in_ns, ip, kill, loadavg, run_ok, Guard, Rng,
-    Stats,
+    cpu_seconds, daemon_bin, env_u64, in_ns_named as in_ns, ip, kill, loadavg, run_ok, Daemon, Guard, Rng, Stats,
 };
 
 /// gRPC ports of zebra and staticd inside the lab namespace (frr-ns gives
@@ -97,8 +96,6 @@ const PROXY: u16 = 50100;
 const NB_PREFIX: &str = "2001:db8:77::/64";
 const NB_GW: &str = "fd00:1::2";
 const NB_DEV: &str = "rgbnb0";
-/// How long the daemon's first dump may take (1M routes).
-const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Untimed calls per side and kind before the timed ones.
 const WARMUP: usize = 20;
 
@@ -156,102 +153,6 @@ fn ms(d: Duration) -> f64 {
 
 // ---------------------------------------------------------------------------
 // The daemon.
-
-struct Daemon {
-    child: Child,
-    sock: PathBuf,
-    started: Instant,
-    dumped: Arc<Mutex<Option<Instant>>>,
-}
-
-impl Daemon {
-    /// `routeguard run --config` in `ns`; `extra` (top-level keys first, then
-    /// tables) goes into its config before `[selftest]`.
-    fn spawn(bin: &Path, ns: &str, dir: &Path, tag: &str, extra: &str) -> Result<Daemon> {
-        let sock = dir.join(format!("{tag}.sock"));
-        let state = dir.join(format!("{tag}-state"));
-        std::fs::create_dir_all(&state)?;
-        let cfg = dir.join(format!("{tag}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "socket = \"{}\"\nstate_dir = \"{}\"\n{extra}\n[selftest]\non_start = false\n",
-                sock.display(),
-                state.display()
-            ),
-        )?;
-        let log = dir.join(format!("{tag}.log"));
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(bin).args(["run", "--config"]).arg(&cfg);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("ROUTEGUARD_") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        die_with_parent(&mut cmd);
-        let started = Instant::now();
-        let mut child = cmd.spawn().context("spawn routeguard")?;
-        track(|c| c.pids.push(child.id()));
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let dumped = Arc::new(Mutex::new(None));
-        let d2 = dumped.clone();
-        let mut logf = BufWriter::new(File::create(&log)?);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                if line.contains("kernel dump complete") {
-                    let mut g = d2.lock().unwrap_or_else(|e| e.into_inner());
-                    if g.is_none() {
-                        *g = Some(Instant::now());
-                    }
-                }
-                let _ = writeln!(logf, "{line}");
-                let _ = logf.flush();
-            }
-        });
-        Ok(Daemon { child, sock, started, dumped })
-    }
-
-    fn pid(&self) -> Result<u32> {
-        let pid = self.child.id();
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "routeguard" {
-            Ok(pid)
-        } else {
-            bail!("pid {pid} is `{}`, not routeguard", comm.trim())
-        }
-    }
-
-    fn wait_dump(&mut self) -> Result<f64> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(t) = *self.dumped.lock().unwrap_or_else(|e| e.into_inner()) {
-                return Ok((t - self.started).as_secs_f64());
-            }
-            if let Some(st) = self.child.try_wait()? {
-                bail!("routeguard exited ({st}) before its first dump; see its log");
-            }
-            if Instant::now() > deadline {
-                bail!("routeguard not ready after {READY_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(mut self) -> Result<()> {
-        kill(self.child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                self.child.wait()?;
-                bail!("routeguard did not stop on SIGTERM within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-}
 
 /// A channel to the Guard API's unix socket, built as `client::connect`
 /// builds it.
@@ -408,7 +309,7 @@ fn proxy_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
     );
     // JSON logs: their timestamps split the proxy's commits into segments.
     let extra = format!("log_format = \"json\"\n{extra}");
-    let mut d = Daemon::spawn(&p.daemon, ns, dir, "proxy", &extra)?;
+    let mut d = Daemon::spawn(&p.daemon, ns, dir, "proxy", &extra, |pid| track(|c| c.pids.push(pid)))?;
     d.wait_dump()?;
     let pid = d.pid()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -1156,7 +1057,7 @@ fn evaluate_part(p: &Params, ns: &str, dir: &Path) -> Result<Value> {
     let mut grpc = json!(null);
     let mut grpc_pass = None;
     if p.grpc > 0 {
-        let mut d = Daemon::spawn(&p.daemon, ns, dir, "eval", "")?;
+        let mut d = Daemon::spawn(&p.daemon, ns, dir, "eval", "", |pid| track(|c| c.pids.push(pid)))?;
         let dump_s = d.wait_dump()?;
         let pid = d.pid()?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -1405,13 +1405,8 @@ impl Core {
                 // once would spin on a persistent error).
                 if result.is_ok() {
                     let root = self.settings.proc_sys.clone();
-                    let on: BTreeSet<String> = ifaces
-                        .iter()
-                        .filter(|i| {
-                            writer::read_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding")).is_ok_and(|v| v == "1")
-                        })
-                        .cloned()
-                        .collect();
+                    let on: BTreeSet<String> =
+                        ifaces.iter().filter(|i| writer::v6_forwarding_on(&root, i)).cloned().collect();
                     if !on.is_empty() {
                         self.remediate_where(Instant::now(), |i| on.contains(i));
                     }
@@ -1522,14 +1517,16 @@ impl Core {
         // (or is writing) already.
         let reflex = self.reflex.as_ref().filter(|r| r.alive());
         let armed = reflex.map(|r| r.armed_names()).unwrap_or_default();
-        // Sorted and deduplicated already.
-        let ifaces: Vec<String> = self.with_context(|ctx| {
-            hazards::subnet_anycast::remediation_ifaces(ctx)
-                .into_iter()
-                .filter(|i| keep(i) && !self.remediating.contains(i) && !armed.contains(i))
-                .collect()
-        });
-        self.rearm();
+        // One look at the model decides both what to write now and what
+        // the reflex is armed with next.
+        let exposed = self.with_context(hazards::subnet_anycast::armed_ifaces);
+        let ifaces: Vec<String> = hazards::subnet_anycast::forwarding_on_among(&self.model, &exposed)
+            .into_iter()
+            .filter(|i| keep(i) && !self.remediating.contains(i) && !armed.contains(i))
+            .collect();
+        if let Some(r) = &self.reflex {
+            r.arm(exposed);
+        }
         self.spawn_remediation(ifaces, received);
     }
 
@@ -1547,17 +1544,12 @@ impl Core {
         let ifaces: Vec<String> = self
             .with_context(hazards::subnet_anycast::armed_ifaces)
             .into_values()
-            .filter(|i| !self.remediating.contains(i))
-            .filter(|i| writer::read_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding")).is_ok_and(|v| v == "1"))
+            .filter(|i| !self.remediating.contains(i) && writer::v6_forwarding_on(&root, i))
             .collect();
         if ifaces.is_empty() {
             return;
         }
-        let result = ifaces.iter().try_for_each(|i| {
-            writer::write_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding"), "0")
-                .map(drop)
-                .map_err(|e| e.to_string())
-        });
+        let result = writer::v6_forwarding_off(&root, &ifaces);
         let latency = received.elapsed();
         self.remediating.extend(ifaces.iter().cloned());
         let _ = self.input_tx.try_send(Input::Remediated { ifaces, latency, result, by: "core" });
@@ -1575,11 +1567,7 @@ impl Core {
         // Straight to a blocking thread: no async task in between that
         // would wait for this (busy) worker to yield.
         tokio::task::spawn_blocking(move || {
-            let result = ifaces.iter().try_for_each(|i| {
-                writer::write_sysctl(&root, &format!("net.ipv6.conf.{i}.forwarding"), "0")
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            });
+            let result = writer::v6_forwarding_off(&root, &ifaces);
             // The write is complete here: stop the clock before handing
             // the result back to the core.
             let latency = received.elapsed();
@@ -2336,9 +2324,7 @@ async fn apply_intent(
     }
     if let Some(Staging::DisableForwardingOn(ifaces)) = &staging {
         let started = Instant::now();
-        for i in ifaces {
-            writer::write_sysctl(root, &format!("net.ipv6.conf.{i}.forwarding"), "0").map_err(|e| e.to_string())?;
-        }
+        writer::v6_forwarding_off(root, ifaces)?;
         let window = started.elapsed();
         let joined = writer::anycast_joined(ifaces).map_err(|e| e.to_string())?;
         if !joined.is_empty() {

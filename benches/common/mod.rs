@@ -10,12 +10,14 @@
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
@@ -254,5 +256,121 @@ impl Rng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The daemon under test.
+
+/// How long a daemon may take to its first complete dump.
+pub const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A `routeguard run` under test: its log goes to a file, and the time of
+/// its first "kernel dump complete" is noted.
+pub struct Daemon {
+    pub child: Child,
+    /// Its API socket.
+    pub sock: PathBuf,
+    started: Instant,
+    dumped: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Daemon {
+    /// `routeguard run --config` in `ns` (files `<tag>.*` under `dir`);
+    /// `extra` (top-level keys first, then tables) goes into its config
+    /// before `[selftest]`. `register` gets its pid (the bench's cleanup).
+    pub fn spawn(
+        bin: &Path,
+        ns: &str,
+        dir: &Path,
+        tag: &str,
+        extra: &str,
+        register: impl FnOnce(u32),
+    ) -> Result<Daemon> {
+        let sock = dir.join(format!("{tag}.sock"));
+        let state = dir.join(format!("{tag}-state"));
+        std::fs::create_dir_all(&state)?;
+        let cfg = dir.join(format!("{tag}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "socket = \"{}\"\nstate_dir = \"{}\"\n{extra}\n[selftest]\non_start = false\n",
+                sock.display(),
+                state.display()
+            ),
+        )?;
+        let log = dir.join(format!("{tag}.log"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(bin).args(["run", "--config"]).arg(&cfg);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ROUTEGUARD_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let started = Instant::now();
+        let mut child = cmd.spawn().context("spawn routeguard")?;
+        register(child.id());
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let dumped = Arc::new(Mutex::new(None));
+        let d2 = dumped.clone();
+        let mut logf = BufWriter::new(File::create(&log)?);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if line.contains("kernel dump complete") {
+                    let mut g = d2.lock().unwrap_or_else(|e| e.into_inner());
+                    if g.is_none() {
+                        *g = Some(Instant::now());
+                    }
+                }
+                let _ = writeln!(logf, "{line}");
+                let _ = logf.flush();
+            }
+        });
+        Ok(Daemon { child, sock, started, dumped })
+    }
+
+    /// Its pid, checked to still be routeguard.
+    pub fn pid(&self) -> Result<u32> {
+        let pid = self.child.id();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "routeguard" {
+            Ok(pid)
+        } else {
+            bail!("pid {pid} is `{}`, not routeguard", comm.trim())
+        }
+    }
+
+    /// Seconds from spawn to its first complete dump.
+    pub fn wait_dump(&mut self) -> Result<f64> {
+        let deadline = Instant::now() + DAEMON_READY_TIMEOUT;
+        loop {
+            if let Some(t) = *self.dumped.lock().unwrap_or_else(|e| e.into_inner()) {
+                return Ok((t - self.started).as_secs_f64());
+            }
+            if let Some(st) = self.child.try_wait()? {
+                bail!("routeguard exited ({st}) before its first dump; see its log");
+            }
+            if Instant::now() > deadline {
+                bail!("routeguard not ready after {DAEMON_READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s (an error then).
+    pub fn stop(mut self) -> Result<()> {
+        kill(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                self.child.wait()?;
+                bail!("routeguard did not stop on SIGTERM within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 }

@@ -248,15 +248,6 @@ pub struct Judged {
     pub message: String,
 }
 
-fn severity(v: &Verdict) -> u8 {
-    match v {
-        Verdict::Allow => 0,
-        Verdict::Delay { .. } => 1,
-        Verdict::Stage { .. } => 2,
-        Verdict::Veto { .. } => 3,
-    }
-}
-
 fn not_found(id: u32) -> Status {
     // FRR's own wording, plus the id.
     Status::not_found(format!("candidate configuration not found (candidate {id})"))
@@ -822,7 +813,7 @@ impl Proxy {
             comment: format!("routeguard propose ({requester})"),
             edits: c.edits.iter().map(JournalEdit::from).collect(),
         };
-        let worst = judged.iter().max_by_key(|(_, d)| severity(&d.verdict)).cloned();
+        let worst = judged.iter().max_by_key(|(_, d)| d.verdict.strictness()).cloned();
         let Some((intent, decision)) = worst else {
             let message = format!("{n_paths} edit(s) to {daemon}: nothing the detectors judge");
             if !propose {

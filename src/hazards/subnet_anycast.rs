@@ -31,6 +31,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use ipnetwork::Ipv6Network;
 
 use super::{Context, Detector, Finding, Mitigation, Severity, StagePlan};
+use crate::model::Model;
 use crate::policy::intent::Intent;
 
 /// The detector.
@@ -119,31 +120,29 @@ fn local_anycasts<'a>(ctx: &'a Context<'_>) -> impl Iterator<Item = (u32, Ipv6Ad
 /// tables' gateway index: no route is walked or named, so the cost does not
 /// grow with the routing table. The findings name the routes afterwards.
 pub fn remediation_ifaces(ctx: &Context<'_>) -> Vec<String> {
-    let mut out: Vec<String> = exposed(ctx, true).into_values().collect();
+    forwarding_on_among(ctx.model, &armed_ifaces(ctx))
+}
+
+/// The names (sorted, deduplicated) of those of `ifaces` where IPv6
+/// forwarding is on: from [`armed_ifaces`], what remediation turns off.
+pub fn forwarding_on_among(m: &Model, ifaces: &BTreeMap<u32, String>) -> Vec<String> {
+    let mut out: Vec<String> = ifaces.iter().filter(|(&i, _)| v6_forwarding(m, i)).map(|(_, n)| n.clone()).collect();
     out.sort();
     out.dedup();
     out
 }
 
 /// The interfaces where turning IPv6 forwarding on would create a
-/// conflict (or has: forwarding is not looked at), by ifindex: what the
-/// forwarding reflex ([`crate::kernel::reflex`]) is armed with. Decided
-/// like [`remediation_ifaces`], at the same cost.
+/// conflict (or has: forwarding is not looked at), by ifindex: those
+/// claiming a Subnet-Router anycast that a peer, a nexthop object or a
+/// route's gateway uses. What the forwarding reflex
+/// ([`crate::kernel::reflex`]) is armed with.
 pub fn armed_ifaces(ctx: &Context<'_>) -> BTreeMap<u32, String> {
-    exposed(ctx, false)
-}
-
-/// Interfaces claiming a Subnet-Router anycast that a peer, a nexthop
-/// object or a route's gateway uses; with `only_forwarding`, only those
-/// where forwarding is on.
-fn exposed(ctx: &Context<'_>, only_forwarding: bool) -> BTreeMap<u32, String> {
     let m = ctx.model;
     // Anycast address -> interfaces that claim it (or would).
     let mut claimed: BTreeMap<Ipv6Addr, Vec<u32>> = BTreeMap::new();
     for (ifindex, anycast, _) in local_anycasts(ctx) {
-        if !only_forwarding || forwarding_on(ctx, ifindex) {
-            claimed.entry(anycast).or_default().push(ifindex);
-        }
+        claimed.entry(anycast).or_default().push(ifindex);
     }
     if claimed.is_empty() {
         return BTreeMap::new();
@@ -164,7 +163,11 @@ fn exposed(ctx: &Context<'_>, only_forwarding: bool) -> BTreeMap<u32, String> {
 }
 
 fn forwarding_on(ctx: &Context<'_>, ifindex: u32) -> bool {
-    ctx.model.sysctls.forwarding_v6.per_if.get(&ifindex) == Some(&1)
+    v6_forwarding(ctx.model, ifindex)
+}
+
+fn v6_forwarding(m: &Model, ifindex: u32) -> bool {
+    m.sysctls.forwarding_v6.per_if.get(&ifindex) == Some(&1)
 }
 
 fn mitigations(ifaces: &[String]) -> Vec<Mitigation> {

@@ -41,6 +41,7 @@ use tracing::{info, warn};
 use super::decode::netconf::{parse_netconf, NetconfScope};
 use super::decode::split_messages;
 use super::nl;
+use super::writer::{v6_forwarding_off, v6_forwarding_on};
 
 /// `RTNLGRP_IPV6_NETCONF`.
 const GROUP_IPV6_NETCONF: u32 = 25;
@@ -161,28 +162,7 @@ pub fn targets(buf: &[u8], armed: &BTreeMap<u32, String>) -> (Vec<String>, bool)
 
 /// The armed interfaces not in `done` whose forwarding reads 1.
 fn still_on(proc_sys: &Path, armed: &BTreeMap<u32, String>, done: &[String]) -> Vec<String> {
-    armed
-        .values()
-        .filter(|i| !done.contains(i))
-        .filter(|i| std::fs::read_to_string(forwarding_path(proc_sys, i)).is_ok_and(|v| v.trim() == "1"))
-        .cloned()
-        .collect()
-}
-
-fn forwarding_path(proc_sys: &Path, ifname: &str) -> PathBuf {
-    proc_sys.join("net/ipv6/conf").join(ifname).join("forwarding")
-}
-
-fn write_off(proc_sys: &Path, ifaces: &[String]) -> Result<(), String> {
-    let mut first = Ok(());
-    for i in ifaces {
-        if let Err(e) = std::fs::write(forwarding_path(proc_sys, i), "0") {
-            if first.is_ok() {
-                first = Err(format!("net.ipv6.conf.{i}.forwarding: {e}"));
-            }
-        }
-    }
-    first
+    armed.values().filter(|i| !done.contains(i) && v6_forwarding_on(proc_sys, i)).cloned().collect()
 }
 
 fn run(sock: &netlink_sys::Socket, s: &Shared, proc_sys: &Path, report: &dyn Fn(Reaction)) -> io::Error {
@@ -213,7 +193,7 @@ fn run(sock: &netlink_sys::Socket, s: &Shared, proc_sys: &Path, report: &dyn Fn(
             if ifaces.is_empty() {
                 continue;
             }
-            let result = write_off(proc_sys, &ifaces);
+            let result = v6_forwarding_off(proc_sys, &ifaces);
             report(Reaction { ifaces, latency: received.elapsed(), result });
         }
     }
@@ -291,7 +271,7 @@ mod tests {
         let conf = dir.path().join("net/ipv6/conf/vm0");
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::write(conf.join("forwarding"), "1").unwrap();
-        let r = write_off(dir.path(), &["vm0".into(), "gone".into()]);
+        let r = v6_forwarding_off(dir.path(), &["vm0".into(), "gone".into()]);
         assert_eq!(std::fs::read_to_string(conf.join("forwarding")).unwrap(), "0");
         let e = r.unwrap_err();
         assert!(e.contains("net.ipv6.conf.gone.forwarding"), "{e}");

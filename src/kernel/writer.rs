@@ -244,6 +244,31 @@ pub fn sysctl_path(root: &Path, key: &str) -> std::path::PathBuf {
     root.join(key.replace('.', "/"))
 }
 
+/// `net/ipv6/conf/<if>/forwarding` under `root`, joined as a path: an
+/// interface name may hold dots (VLANs), which a dotted key cannot.
+pub fn v6_forwarding_path(root: &Path, ifname: &str) -> std::path::PathBuf {
+    root.join("net/ipv6/conf").join(ifname).join("forwarding")
+}
+
+/// Whether IPv6 forwarding reads 1 on `ifname`.
+pub fn v6_forwarding_on(root: &Path, ifname: &str) -> bool {
+    std::fs::read_to_string(v6_forwarding_path(root, ifname)).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Writes 0 to IPv6 forwarding on every one of `ifaces` (all are tried);
+/// the first error, naming its key.
+pub fn v6_forwarding_off(root: &Path, ifaces: &[String]) -> Result<(), String> {
+    let mut first = Ok(());
+    for i in ifaces {
+        if let Err(e) = std::fs::write(v6_forwarding_path(root, i), "0") {
+            if first.is_ok() {
+                first = Err(format!("net.ipv6.conf.{i}.forwarding: {e}"));
+            }
+        }
+    }
+    first
+}
+
 /// Reads a sysctl.
 pub fn read_sysctl(root: &Path, key: &str) -> Result<String, WriteError> {
     std::fs::read_to_string(sysctl_path(root, key))

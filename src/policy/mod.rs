@@ -260,6 +260,17 @@ impl Verdict {
             Verdict::Veto { .. } => "veto",
         }
     }
+
+    /// How much it holds a change back: allow < delay < stage < veto (the
+    /// order in which [`decide`] lets one action win over another).
+    pub fn strictness(&self) -> u8 {
+        match self {
+            Verdict::Allow => 0,
+            Verdict::Delay { .. } => 1 + rank(Action::Delay),
+            Verdict::Stage { .. } => 1 + rank(Action::Stage),
+            Verdict::Veto { .. } => 1 + rank(Action::Veto),
+        }
+    }
 }
 
 /// The executable form of a stage verdict.
